@@ -1,0 +1,1 @@
+"""Model code: draft models (pure maths), target backends and the auto registries."""
