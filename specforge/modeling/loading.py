@@ -122,6 +122,36 @@ def _ensure_converted(m: OfflineModel) -> Path:
     return out
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick TCP check of the model hub, so an offline machine fails in seconds, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader, name: str, path: str, **kwargs):
+    """Call ``loader.from_pretrained`` locally first, then from the hub only if it can be reached."""
+    try:
+        return loader.from_pretrained(path, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as local_err:
+        if os.path.isdir(path):  # a local directory that does not load: say why
+            raise SpecforgeError(f"cannot load model from {path}: {str(local_err).splitlines()[0]}") from None
+        if not _hub_reachable():
+            raise _hub_error(name, local_err) from None
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from None
+
+
 def _hub_error(name: str, err: Exception) -> SpecforgeError:
     return SpecforgeError(
         f"cannot load model '{name}': not a local directory, not cached, and the model hub is "
@@ -134,22 +164,14 @@ def load_config(name_or_path: str):
     """Load the HF config of a target model."""
     from transformers import AutoConfig
 
-    path = resolve_model_path(name_or_path)
-    try:
-        return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise _hub_error(name_or_path, e) from None
+    return _from_pretrained(AutoConfig, name_or_path, resolve_model_path(name_or_path))
 
 
 def load_tokenizer(name_or_path: str):
     """Load the tokenizer (with its chat template) of a target model."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise _hub_error(name_or_path, e) from None
+    return _from_pretrained(AutoTokenizer, name_or_path, resolve_model_path(name_or_path))
 
 
 def resolve_dtype(dtype: str | None, device: "str | None" = None):
@@ -184,10 +206,7 @@ def load_target_model(name_or_path: str, dtype=None, device: str = "cpu"):
     path = resolve_model_path(name_or_path)
     if isinstance(dtype, str) or dtype is None:
         dtype = resolve_dtype(dtype, device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise _hub_error(name_or_path, e) from None
+    model = _from_pretrained(AutoModelForCausalLM, name_or_path, path, dtype=dtype)
     model.to(torch.device(device)).eval()
     model.requires_grad_(False)
     return model
