@@ -1,0 +1,159 @@
+"""``LlamaForCausalLMEagle3``: the EAGLE-3 draft with SGLang/vLLM weight names (DESIGN.md section 3, 5).
+
+One Llama decoder layer (``midlayer``) whose attention reads ``cat(input_layernorm(embeds),
+hidden_norm(hidden))`` (width 2H) and whose residual is the un-normed ``hidden``; ``fc`` projects the
+three concatenated target states; ``norm`` + ``lm_head`` give draft-vocab logits. Norms, rotary, MLP
+and activation are transformers' own Llama modules. Pure maths.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import (
+    LlamaMLP,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+)
+
+from .base import Eagle3DraftModel, KVCache
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class Eagle3Attention(nn.Module):
+    """Llama attention with 2H-wide q/k/v inputs; keys/values are exposed for the TTT and decode caches."""
+
+    def __init__(self, config):
+        super().__init__()
+        H, self.head_dim = config.hidden_size, _head_dim(config)
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        bias = getattr(config, "attention_bias", False)
+        self.q_proj = nn.Linear(2 * H, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(2 * H, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(2 * H, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, H, bias=bias)
+        self.scaling = self.head_dim**-0.5
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """``x [B,T,2H]`` -> rotated ``q [B,NH,T,D]``, ``k [B,KVH,T,D]`` and ``v [B,KVH,T,D]``."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v
+
+    def out(self, attn: torch.Tensor) -> torch.Tensor:
+        """``attn [B,NH,T,D] -> [B,T,H]`` through ``o_proj``."""
+        B, _, T, _ = attn.shape
+        return self.o_proj(attn.transpose(1, 2).reshape(B, T, -1))
+
+
+class Eagle3DecoderLayer(nn.Module):
+    """The draft's single decoder layer (``midlayer``)."""
+
+    def __init__(self, config):
+        super().__init__()
+        H, eps = config.hidden_size, config.rms_norm_eps
+        self.self_attn = Eagle3Attention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = LlamaRMSNorm(H, eps=eps)
+        self.hidden_norm = LlamaRMSNorm(H, eps=eps)
+        self.post_attention_layernorm = LlamaRMSNorm(H, eps=eps)
+        self.recompute_mlp = getattr(config, "recompute_mlp", True)  # training memory knob, not a weight
+
+    def attn_inputs(self, input_embeds, hidden, cos, sin):
+        """Normed ``cat(embeds, hidden) [B,T,2H]`` -> ``(q, k, v)`` (see :meth:`Eagle3Attention.qkv`)."""
+        x = torch.cat([self.input_layernorm(input_embeds), self.hidden_norm(hidden)], dim=-1)
+        return self.self_attn.qkv(x, cos, sin)
+
+    def _mlp_block(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def finish(self, attn: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``attn [B,NH,T,D]``, residual ``hidden [B,T,H]`` -> pre-norm layer output ``[B,T,H]``."""
+        h = hidden + self.self_attn.out(attn)
+        if self.recompute_mlp and torch.is_grad_enabled() and h.requires_grad:
+            # The SwiGLU keeps ~4 x intermediate floats per token for backward, per TTT step - the
+            # largest activation; recomputing it costs ~7% of a step and saves ~40% of the memory.
+            return checkpoint(self._mlp_block, h, use_reentrant=False)
+        return self._mlp_block(h)
+
+
+class LlamaForCausalLMEagle3(Eagle3DraftModel):
+    """EAGLE-3 Llama draft. Config fields: the usual LlamaConfig ones plus ``draft_vocab_size`` and
+    ``target_hidden_size`` (default ``hidden_size``)."""
+
+    config_class = LlamaConfig
+
+    def __init__(self, config, quant_config=None) -> None:
+        super().__init__(config)
+        H, V = config.hidden_size, config.vocab_size
+        Vd = getattr(config, "draft_vocab_size", None) or V
+        Ht = getattr(config, "target_hidden_size", None) or H
+        self.embed_tokens = nn.Embedding(V, H, getattr(config, "pad_token_id", None))
+        self.embed_tokens.weight.requires_grad_(False)  # the target's, frozen
+        self.fc = nn.Linear(3 * Ht, H, bias=False)
+        self.midlayer = Eagle3DecoderLayer(config)
+        self.norm = LlamaRMSNorm(H, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(H, Vd, bias=False)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+        # Identity mapping of the first Vd target ids until a real draft vocab is loaded.
+        self.register_buffer("d2t", torch.zeros(Vd, dtype=torch.long))
+        t2d = torch.zeros(V, dtype=torch.bool)
+        t2d[:Vd] = True
+        self.register_buffer("t2d", t2d)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        std = getattr(self.config, "initializer_range", 0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, std)
+                if m.bias is not None:
+                    m.bias.zero_()
+        self.embed_tokens.weight.normal_(0.0, std)
+
+    def project_hidden_states(self, aux_hidden: torch.Tensor) -> torch.Tensor:
+        """``[B,T,3*Ht] -> [B,T,H]``."""
+        return self.fc(aux_hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[...,H] -> [...,Vd]``."""
+        return self.lm_head(self.norm(hidden))
+
+    def logits_parts(self, hidden: torch.Tensor):
+        """``(norm(hidden) [...,H], lm_head.weight [Vd,H])``."""
+        return self.norm(hidden), self.lm_head.weight
+
+    def _rope(self, x: torch.Tensor, position_ids: torch.Tensor):
+        return self.rotary_emb(x, position_ids)
+
+    def decode_step(self, input_embeds, hidden, position_ids, past_kv: KVCache | None = None, attn_mask=None):
+        """See :meth:`Eagle3DraftModel.decode_step`; attention via SDPA (GQA native)."""
+        cos, sin = self._rope(hidden, position_ids)
+        q, k, v = self.midlayer.attn_inputs(input_embeds, hidden, cos, sin)
+        keys, values = (k, v) if past_kv is None else (torch.cat([past_kv[0], k], 2), torch.cat([past_kv[1], v], 2))
+        B, T, S = q.shape[0], q.shape[2], keys.shape[2] - q.shape[2]
+        if attn_mask is None:  # causal over past + new
+            attn_mask = torch.ones(T, S + T, dtype=torch.bool, device=q.device).tril(S)[None].expand(B, T, S + T)
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask[:, None],
+                                              scale=self.midlayer.self_attn.scaling, enable_gqa=True)
+        return self.midlayer.finish(attn, hidden), (k, v)
+
+    def ttt_step(self, input_embeds, hidden, position_ids, cache, attention_mask, backend):
+        """See :meth:`Eagle3DraftModel.ttt_step`."""
+        cos, sin = self._rope(hidden, position_ids)
+        q, k, v = self.midlayer.attn_inputs(input_embeds, hidden, cos, sin)
+        cache.append((k, v))
+        attn = backend(q, [c[0] for c in cache], [c[1] for c in cache], attention_mask,
+                       self.midlayer.self_attn.scaling)
+        return self.midlayer.finish(attn, hidden)
