@@ -1,0 +1,150 @@
+"""``specforge train``: build target, draft, data and TTT from the flags, then hand over to the loop.
+
+Order matters for clear failures: every check that needs no model (flags, files, process layout,
+backend name) runs before the target is loaded, and the draft/target compatibility check runs before
+the (possibly long) dataset tokenisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from specforge.errors import SpecforgeError
+from specforge.train.args import validate_args
+
+logger = logging.getLogger(__name__)
+
+
+def _check_files(args: argparse.Namespace) -> None:
+    for flag, path in (("--train-data-path", args.train_data_path), ("--eval-data-path", args.eval_data_path),
+                       ("--draft-model-config", args.draft_model_config)):
+        if path and not os.path.isfile(path):
+            raise SpecforgeError(f"{flag} {path}: file not found; check the path.")
+
+
+def _check_tp(args: argparse.Namespace, world_size: int, target_config) -> None:
+    """``--tp-size`` must equal the torchrun world size and name a registered TP target class."""
+    if args.tp_size == 1:
+        return
+    if world_size != args.tp_size:
+        raise SpecforgeError(
+            f"--tp-size {args.tp_size} needs {args.tp_size} processes (torchrun --nproc_per_node {args.tp_size}) "
+            f"but this run has world size {world_size}; use --tp-size 1 or launch with torchrun."
+        )
+    from specforge.modeling import auto
+
+    try:
+        auto.AutoDistributedTargetModel._get_model_class(target_config)
+    except SpecforgeError:
+        raise SpecforgeError(
+            f"--tp-size {args.tp_size}: no tensor-parallel target is registered for model type "
+            f"'{getattr(target_config, 'model_type', '?')}' in AutoDistributedTargetModel._model_mapping; "
+            "register a DistributedTargetModel subclass or use --tp-size 1 (data parallel)."
+        ) from None
+    raise SpecforgeError(
+        f"--tp-size {args.tp_size}: tensor-parallel targets are not wired into training yet; "
+        "use --tp-size 1 (torchrun then runs data parallel over the processes)."
+    )
+
+
+def _apply_mem_frac(args: argparse.Namespace, device: str) -> None:
+    if args.mem_frac is None:
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.set_per_process_memory_fraction(args.mem_frac, torch.device(device))
+        logger.info("CUDA memory capped at %.0f%% of %s", 100 * args.mem_frac, device)
+    else:
+        logger.info("--mem-frac %.2f applies to CUDA memory only; ignored on %s", args.mem_frac, device)
+
+
+def run_training(args: argparse.Namespace):
+    """Build everything from ``args`` and train; returns the last checkpoint path (or None)."""
+    import torch
+
+    from specforge.modeling.loading import (DEFAULT_TARGET, load_config, load_target_model, load_tokenizer,
+                                            resolve_device, resolve_dtype)
+    from specforge.train import dist
+    from specforge.modeling.target import HFEagle3TargetModel
+    from specforge.train.components import (build_draft, build_draft_config, build_ttt, make_forward_fn,
+                                            resolve_attention_backend)
+    from specforge.train.trackers import build_tracker, check_tracker_available
+    from specforge.train.trainer import TrainConfig, Trainer
+
+    validate_args(args)
+    _check_files(args)
+    backend = resolve_attention_backend(args.draft_attention_backend)
+    check_tracker_available(args.report_to)
+    resume_dir = None
+    if args.resume:
+        from specforge.train.checkpoint import resolve_resume_dir
+
+        resume_dir = resolve_resume_dir(args.resume, args.output_dir)
+    target_path = args.target_model_path or args.model_path or DEFAULT_TARGET
+    world = dist.env_world()
+    target_config = load_config(target_path)
+    _check_tp(args, world.world_size, target_config)
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    info = dist.init_distributed(device, args.dist_timeout)
+    device = dist.rank_device(device, info)
+    _apply_mem_frac(args, device)
+    try:
+        draft_config = build_draft_config(args, target_config)
+
+        from specforge.data.cache import build_eagle3_dataset_cache
+
+        tokenizer = load_tokenizer(target_path)
+        cache_kw = dict(target_model_path=target_path, train_data_path=args.train_data_path,
+                        eval_data_path=args.eval_data_path, cache_dir=args.cache_dir,
+                        chat_template=args.chat_template, max_length=args.max_length,
+                        draft_vocab_size=int(draft_config.draft_vocab_size), num_proc=args.num_proc,
+                        tokenizer=tokenizer)
+        if not info.is_main:  # rank 0 tokenises; the others then hit its cache
+            dist.barrier(info)
+        cache = build_eagle3_dataset_cache(**cache_kw)
+        if info.is_main:
+            dist.barrier(info)
+        logger.info("dataset cache %s: %d train rows%s", cache.path, len(cache.train),
+                    f", {len(cache.eval)} eval rows" if cache.eval is not None else "")
+
+        target_lm = load_target_model(target_path, dtype=dtype, device=device)
+        target = HFEagle3TargetModel(target_lm, draft_config=draft_config)
+        torch.manual_seed(args.seed)  # the draft's initial weights depend on --seed only
+        draft = build_draft(draft_config, target_lm, cache, device)
+        model = dist.wrap_ddp(build_ttt(draft, args.ttt_length, backend), device, info)
+        forward_fn = make_forward_fn(model, target, draft.t2d)
+
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        cfg = TrainConfig(
+            output_dir=args.output_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
+            accumulation_steps=args.accumulation_steps, learning_rate=args.learning_rate,
+            total_steps=args.total_steps, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm,
+            seed=args.seed, save_interval=args.save_interval, eval_interval=args.eval_interval,
+            log_interval=args.log_interval, device=device, dtype=dtype, pad_token_id=pad_id,
+            run_config={k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+        )
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        trackers = []
+        if info.is_main:
+            trackers.append(build_tracker(args.report_to, args.output_dir, cfg.run_config,
+                                          args.wandb_project, args.wandb_name))
+        trainer = Trainer(cfg, model, forward_fn, cache.train, cache.eval, draft=draft,
+                          draft_config=draft_config, trackers=trackers, dist=info)
+        if resume_dir is not None:
+            trainer.resume_from(resume_dir)
+        try:
+            last = trainer.fit()
+        finally:
+            for t in trackers:
+                t.finish()
+        if info.is_main and last is not None:
+            logger.info("done: %d steps; last checkpoint %s", trainer.global_step, last)
+        return last
+    finally:
+        dist.shutdown(info)
