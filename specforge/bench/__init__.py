@@ -1,0 +1,1 @@
+"""The ``specforge bench`` stage: benchmark prompt sets, baselines, records, tables and plots."""

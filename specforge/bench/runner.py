@@ -1,0 +1,249 @@
+"""The speed-up benchmark: every (config, benchmark) on the built-in decoder next to the HF baselines.
+
+For each benchmark the vanilla baseline runs first (per batch size needed), then each
+``batch,steps,topk,tokens`` config, then prompt lookup and assisted generation (batch 1); every method
+sees the same prompts and max new tokens, and multi-turn sets (MT-bench) feed each method its own
+previous answers. One JSONL record is written per (method/config, benchmark) as soon as it finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from specforge.bench.datasets import Sample, load_benchmark, parse_benchmark
+from specforge.bench.methods import HFGenerateMethod, ShadowDrafter, SpecMethod
+from specforge.bench.report import RecordWriter, print_table, write_plots
+from specforge.errors import SpecforgeError
+from specforge.inference.decoder import DecodeStats, SpecConfig
+from specforge.inference.drafters import Eagle3Drafter, OracleDrafter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchOptions:
+    """Everything ``specforge bench`` needs (see :mod:`specforge.cli.bench` for the flags)."""
+
+    model_path: str
+    draft_path: str | None
+    configs: list[tuple[int, int, int, int]]
+    benchmarks: list[str]
+    output: str
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    system_prompt: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    assistant_model: str | None = None
+    baselines: list[str] = field(default_factory=lambda: ["prompt_lookup"])
+    prompt_lookup_num_tokens: int = 10
+    seed: int = 0
+    plots: bool = True
+
+
+def parse_config(text: str) -> tuple[int, int, int, int]:
+    """``"batch,steps,topk,tokens"`` -> 4 ints (one-line error otherwise)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or vals[0] < 1 or vals[1] < 0 or vals[2] < 1 or vals[3] < 1:
+        raise SpecforgeError(
+            f"bad --config-list entry '{text}': use batch_size,num_steps,topk,num_verify_tokens "
+            "with batch >= 1, steps >= 0, topk >= 1, tokens >= 1 (e.g. 1,3,1,4)."
+        )
+    return vals  # type: ignore[return-value]
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat ready for the assistant's answer (the tokenizer's chat template)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    return tokenizer(text)["input_ids"]
+
+
+def run_conversations(method, samples: list[Sample], tokenizer, system_prompt: str | None, desc: str,
+                      refs: dict | None = None) -> DecodeStats:
+    """Answer every turn of every sample with ``method`` (batched); returns the merged stats.
+
+    refs, when given, receives ``tuple(prompt ids) -> generated ids`` (the oracle draft's references).
+    """
+    from tqdm import tqdm
+
+    convs = [[{"role": "system", "content": system_prompt}] if system_prompt else [] for _ in samples]
+    total = DecodeStats(num_steps=getattr(getattr(method, "cfg", None), "num_steps", 0))
+    n_calls = sum(len(s.turns) for s in samples)
+    with tqdm(total=n_calls, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+        for turn in range(max(len(s.turns) for s in samples)):
+            idx = [i for i, s in enumerate(samples) if len(s.turns) > turn]
+            for i in idx:
+                convs[i].append({"role": "user", "content": samples[i].turns[turn]})
+            prompts = [chat_ids(tokenizer, convs[i]) for i in idx]
+            for lo in range(0, len(idx), method.batch_size):
+                chunk = list(range(lo, min(lo + method.batch_size, len(idx))))
+                outs, st = method.generate([prompts[j] for j in chunk])
+                total.merge(st)
+                for j, out in zip(chunk, outs):
+                    if refs is not None:
+                        refs[tuple(prompts[j])] = out
+                    convs[idx[j]].append({"role": "assistant",
+                                          "content": tokenizer.decode(out, skip_special_tokens=True)})
+                bar.update(len(chunk))
+    return total
+
+
+def _warmup(method, tokenizer) -> None:
+    """One short untimed call so first-call costs (allocator, kernels) do not land in a measurement."""
+    keep = method.max_new_tokens
+    method.max_new_tokens = 4
+    try:
+        method.generate([chat_ids(tokenizer, [{"role": "user", "content": "Hello"}])] * method.batch_size)
+    finally:
+        method.max_new_tokens = keep
+
+
+def _eos_ids(target, tokenizer) -> set[int]:
+    eos = getattr(target.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _load_draft(opts: BenchOptions, target, device, dtype):
+    """-> (make_drafter(prompts, refs) or None, aux layer ids or None, description)."""
+    from specforge.modeling.target import aux_layer_ids
+
+    path = opts.draft_path
+    cfg = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
+    vocab, layers = cfg.vocab_size, cfg.num_hidden_layers
+    if not path:
+        return None, None, None
+    eagle = None
+    real = path[len("oracle:"):] if path.startswith("oracle:") else (None if path == "oracle" else path)
+    aux = None
+    if real:
+        from specforge.modeling.auto import AutoEagle3DraftModel, check_draft_target_compat
+
+        eagle = AutoEagle3DraftModel.from_pretrained(real)
+        check_draft_target_compat(eagle.config, target.config)
+        eagle.load_embedding(target.get_input_embeddings().weight)
+        eagle.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        aux = aux_layer_ids(layers, eagle.config)
+    if path.startswith("oracle"):
+        if opts.temperature > 0:
+            raise SpecforgeError("--speculative-draft-model-path oracle needs --temperature 0 (it proposes the "
+                                 "target's greedy output).")
+
+        def make(prompts, refs):
+            oracle = OracleDrafter([list(p) + list(refs.get(tuple(p), [])) for p in prompts], vocab)
+            return oracle if eagle is None else ShadowDrafter(oracle, Eagle3Drafter(eagle))
+
+        return make, aux, path
+    return (lambda prompts, refs: Eagle3Drafter(eagle)), aux, path
+
+
+def run_bench(opts: BenchOptions) -> list[dict]:
+    """Run every benchmark x method; returns the records (also written to ``opts.output``)."""
+    from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device, resolve_dtype
+
+    for spec in opts.benchmarks:
+        parse_benchmark(spec)  # fail fast on a typo, before loading models
+    if any(c[1] > 0 for c in opts.configs) and not opts.draft_path:
+        raise SpecforgeError("configs with num_steps > 0 need --speculative-draft-model-path "
+                             "(a draft checkpoint dir, or 'oracle' to measure the decoder's ceiling).")
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+    torch.manual_seed(opts.seed)
+    tokenizer = load_tokenizer(opts.model_path)
+    target = load_target_model(opts.model_path, dtype=dtype, device=device)
+    make_drafter, aux_ids, draft_desc = _load_draft(opts, target, device, dtype)
+    assistant = load_target_model(opts.assistant_model, dtype=dtype, device=device) if opts.assistant_model else None
+    eos = _eos_ids(target, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
+    writer = RecordWriter(opts.output)
+    common = {"model": opts.model_path, "draft": draft_desc, "temperature": opts.temperature,
+              "max_new_tokens": opts.max_new_tokens, "device": device, "dtype": str(dtype).replace("torch.", "")}
+    refs: dict = {}
+    warmed: set = set()
+
+    def hf(name, label, bsz, extra=None):
+        return HFGenerateMethod(name, label, target, bsz, opts.max_new_tokens, opts.temperature, eos, pad, extra)
+
+    def measure(method, bench, samples, vanilla: dict):
+        key = (method.name, method.label, method.batch_size)
+        if key not in warmed:
+            _warmup(method, tokenizer)
+            warmed.add(key)
+        desc = f"{bench} {method.name} {method.label}"
+        st = run_conversations(method, samples, tokenizer, opts.system_prompt, desc,
+                               refs if method.name == "vanilla" else None)
+        base = vanilla.get(method.batch_size)
+        spec = method.name == "eagle3" and method.cfg.num_steps > 0
+        rec = {
+            "benchmark": bench, "num_samples": len(samples), "num_turns": sum(len(s.turns) for s in samples),
+            "method": method.name, "config": method.config,
+            "config_str": ",".join(str(method.config[k]) for k in ("batch_size", "num_steps", "topk",
+                                                                   "num_verify_tokens")),
+            "accept_length": st.tau if spec else None,
+            "acceptance_rates": st.acceptance_rates() if spec else None,
+            "accept_histogram": st.histogram() if spec else None,
+            "verify_steps": st.verify_calls if method.name == "eagle3" else None,
+            "verifications": len(st.accept_lengths) if method.name == "eagle3" else None,
+            "new_tokens": st.new_tokens, "prompt_tokens": st.prompt_tokens,
+            "tokens_per_s": st.tokens_per_s, "wall_time_s": st.wall_s,
+            "target_time_s": st.target_s if method.name == "eagle3" else None,
+            "draft_time_s": st.draft_s if spec else None,
+            "speedup": (base.wall_s / st.wall_s) if base is not None and st.wall_s > 0 else None,
+            "speedup_tokens_per_s": (st.tokens_per_s / base.tokens_per_s) if base is not None and
+            base.tokens_per_s > 0 else None,
+            **common,
+        }
+        writer.add(rec)
+        logger.info("%s %s %s: %.1f tok/s%s%s", bench, method.name, rec["config_str"], st.tokens_per_s,
+                    f", tau {st.tau:.2f}" if spec else "",
+                    f", speed-up {rec['speedup']:.2f}x" if rec["speedup"] is not None else "")
+        return st
+
+    extra_baselines = [b for b in opts.baselines if b != "vanilla"]
+    if assistant is not None and "assisted" not in extra_baselines:
+        extra_baselines.append("assisted")
+    try:
+        for spec_str in opts.benchmarks:
+            bench, samples = load_benchmark(spec_str)
+            vanilla: dict[int, DecodeStats] = {}
+            sizes = sorted({c[0] for c in opts.configs} | ({1} if extra_baselines else set()))
+            for bsz in sizes:
+                vanilla[bsz] = measure(hf("vanilla", "greedy" if opts.temperature <= 0 else "sample", bsz),
+                                       bench, samples, {})
+            for b, s, k, t in opts.configs:
+                cfg = SpecConfig(s, k, t, temperature=opts.temperature, max_new_tokens=opts.max_new_tokens,
+                                 eos_token_ids=tuple(sorted(eos)), seed=opts.seed)
+                make = (lambda prompts, _m=make_drafter: _m(prompts, refs)) if make_drafter else (lambda p: None)
+                measure(SpecMethod(target, make, aux_ids, b, cfg, f"{b},{s},{k},{t}"), bench, samples, vanilla)
+            for name in extra_baselines:
+                if name == "prompt_lookup":
+                    m = hf("prompt_lookup", f"n={opts.prompt_lookup_num_tokens}", 1,
+                           {"prompt_lookup_num_tokens": opts.prompt_lookup_num_tokens})
+                elif name == "assisted":
+                    if assistant is None:
+                        raise SpecforgeError("baseline 'assisted' needs --assistant-model PATH.")
+                    m = hf("assisted", opts.assistant_model, 1, {"assistant_model": assistant})
+                else:
+                    raise SpecforgeError(f"unknown baseline '{name}'; use vanilla, prompt_lookup or assisted.")
+                measure(m, bench, samples, vanilla)
+    finally:
+        if writer.records:
+            print_table(writer.records)
+            if opts.plots:
+                for p in write_plots(writer.records, opts.output):
+                    logger.info("wrote %s", p)
+            logger.info("wrote %d records to %s", len(writer.records), opts.output)
+    return writer.records

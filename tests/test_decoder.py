@@ -1,0 +1,167 @@
+"""The speculative decoder: greedy equality with ``generate``, τ of oracle / wrong drafts, KV consistency,
+and the sampled output distribution on a tiny random Llama target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from specforge.inference.decoder import SpecConfig, SpeculativeDecoder
+from specforge.inference.drafters import Eagle3Drafter, OracleDrafter, RandomDrafter
+from specforge.modeling.draft.llama3_eagle import LlamaForCausalLMEagle3
+from tests.conftest import tiny_llama_config
+
+PROMPTS = [[5, 17, 33, 9, 100], [7, 8, 9], [300, 301, 302, 303, 304, 305, 306, 307]]
+N = 24
+CONFIGS = [(3, 1, 4), (5, 3, 6), (7, 4, 8)]
+
+
+@pytest.fixture(scope="module")
+def target():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def references(target):
+    """Per prompt: target.generate greedy output (stops at EOS=2), and a long EOS-free continuation."""
+    greedy, long = [], []
+    for p in PROMPTS:
+        x = torch.tensor([p])
+        greedy.append(target.generate(x, max_new_tokens=N, do_sample=False)[0, len(p):].tolist())
+        long.append(target.generate(x, max_new_tokens=N + 10, min_new_tokens=N + 10, do_sample=False,
+                                    eos_token_id=None)[0].tolist())
+    return greedy, long
+
+
+@pytest.fixture(scope="module")
+def eagle_draft(target):
+    torch.manual_seed(1)
+    draft = LlamaForCausalLMEagle3(tiny_llama_config(num_hidden_layers=1, draft_vocab_size=300)).eval()
+    draft.load_embedding(target.model.embed_tokens.weight)
+    return draft
+
+
+def _strip_eos(seq, eos=2):
+    return seq[: seq.index(eos) + 1] if eos in seq else seq
+
+
+def _drafter(kind, long_refs, rows, eagle_draft):
+    if kind == "oracle":
+        return OracleDrafter([long_refs[r] for r in rows], 512)
+    if kind == "random":
+        return RandomDrafter(512, seed=3)
+    return Eagle3Drafter(eagle_draft)
+
+
+@pytest.mark.parametrize("conf", CONFIGS, ids=lambda c: "/".join(map(str, c)))
+@pytest.mark.parametrize("kind", ["random", "oracle", "eagle3"])
+@pytest.mark.parametrize("rows", [[0], [0, 1, 2]], ids=["b1", "b3"])
+def test_greedy_equals_generate(target, references, eagle_draft, conf, kind, rows):
+    greedy, long_refs = references
+    cfg = SpecConfig(*conf, max_new_tokens=N, eos_token_ids=(2,))
+    dec = SpeculativeDecoder(target, _drafter(kind, long_refs, rows, eagle_draft), cfg, aux_layer_ids=[1, 2, 3])
+    outs, st = dec.generate([PROMPTS[r] for r in rows])
+    for out, r in zip(outs, rows):
+        assert out == _strip_eos(greedy[r])
+    assert st.new_tokens == sum(len(o) for o in outs)
+    assert st.verify_calls >= 1 and len(st.accept_lengths) >= st.verify_calls
+
+
+@pytest.mark.parametrize("conf", CONFIGS + [(0, 1, 1)], ids=lambda c: "/".join(map(str, c)))
+def test_oracle_accepts_everything_wrong_accepts_nothing(target, references, conf):
+    _, long_refs = references
+    rows = [0, 1, 2]
+    prompts = [PROMPTS[r] for r in rows]
+    cfg = SpecConfig(*conf, max_new_tokens=N)
+    _, st = SpeculativeDecoder(target, OracleDrafter(long_refs, 512), cfg).generate(prompts)
+    # The references run past N + steps tokens, so every step is a full step.
+    assert st.accept_lengths and set(st.accept_lengths) == {conf[0] + 1}
+    assert st.tau == conf[0] + 1
+    assert st.acceptance_rates() == [1.0] * conf[0]
+    if conf[0]:
+        outs, st = SpeculativeDecoder(target, OracleDrafter(long_refs, 512, wrong=True), cfg).generate(prompts)
+        assert set(st.accept_lengths) == {1} and st.tau == 1.0
+        assert st.histogram()[0] == len(st.accept_lengths)
+        assert [o for o in outs] == [r[len(p):len(p) + N] for r, p in zip(long_refs, prompts)]
+
+
+def test_eagle3_drafter_cache_matches_full_recompute(target, eagle_draft):
+    """Ragged incremental commits + a tree expansion equal one causal pass over each row's sequence."""
+    torch.manual_seed(5)
+    d = Eagle3Drafter(eagle_draft)
+    aux_w = 3 * 64
+    lens = [4, 2]
+    tok = torch.randint(512, (2, 6))
+    aux = torch.randn(2, 6, aux_w)
+    d.reset(2)
+    # Prefill: left-padded (row 1 has 2 pad slots); then a second commit of 2 valid slots for row 0 and 1 for row 1.
+    valid1 = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    pos1 = torch.tensor([[0, 1, 2, 3], [0, 0, 0, 1]])
+    d.commit(tok[:, :4], aux[:, :4], pos1, valid1)
+    valid2 = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    pos2 = torch.tensor([[4, 5], [2, 3]])
+    d.commit(tok[:, 4:], aux[:, 4:], pos2, valid2)
+    ids1, _ = d.first(2)
+    child = torch.tensor([[7, 8], [9, 10]])
+    d.expand(child, torch.zeros(2, 2, dtype=torch.long), child[:, :, None], 1, 2)
+    with torch.no_grad():
+        for b, (sl, n) in enumerate([(slice(0, 6), 6), (slice(2, 5), 3)]):
+            t_b, a_b = tok[b:b + 1, sl], aux[b:b + 1, sl]
+            if b == 1:  # row 1's valid slots: prefill slots 2..3 and the first slot of the second commit
+                t_b = torch.cat([tok[1:2, 2:4], tok[1:2, 4:5]], 1)
+                a_b = torch.cat([aux[1:2, 2:4], aux[1:2, 4:5]], 1)
+            m = eagle_draft
+            out, _ = m.decode_step(m.embed_input_ids(t_b), m.project_hidden_states(a_b),
+                                   torch.arange(n)[None], None, None)
+            torch.testing.assert_close(d.last_hidden[b, 0], out[0, -1], rtol=1e-4, atol=1e-5)
+            # Depth-1 node j: context + itself, hidden = the last context output, position n.
+            for j in range(2):
+                t2 = torch.cat([t_b, child[b:b + 1, j:j + 1]], 1)
+                h2 = torch.cat([m.project_hidden_states(a_b), out[:, -1:]], 1)
+                out2, _ = m.decode_step(m.embed_input_ids(t2), h2, torch.arange(n + 1)[None], None, None)
+                torch.testing.assert_close(d.prev_hidden[b, j], out2[0, -1], rtol=1e-4, atol=1e-5)
+    assert ids1.shape == (2, 2)
+
+
+def test_sampled_decoding_follows_target_distribution(target):
+    """Temperature 1: the 2nd and 3rd tokens (drafted + verified) have the target's marginals."""
+    torch.manual_seed(0)
+    small = LlamaForCausalLM(tiny_llama_config(vocab_size=12, eos_token_id=None)).eval()
+    with torch.no_grad():
+        small.lm_head.weight.mul_(60)  # peaked, position-dependent distributions
+    prompt = [3, 5, 7]
+    n = 1500
+    dec = SpeculativeDecoder(small, RandomDrafter(12, seed=4), SpecConfig(3, 2, 5, temperature=1.0,
+                                                                          max_new_tokens=3, seed=7))
+    outs, st = dec.generate([prompt] * n)
+    assert all(len(o) == 3 for o in outs)
+    assert sum(a > 1 for a in st.accept_lengths) > 50  # drafts do get accepted
+    emp = torch.zeros(12, 12)
+    for o in outs:
+        emp[o[0], o[1]] += 1
+    with torch.no_grad():
+        p1 = torch.softmax(small(torch.tensor([prompt])).logits[0, -1], -1)
+        seqs = torch.tensor([prompt + [x] for x in range(12)])
+        p2 = torch.softmax(small(seqs).logits[:, -1], -1)  # [x1, x2]
+    joint = p1[:, None] * p2
+    tv = 0.5 * float((emp / n - joint).abs().sum())
+    # With 1500 samples over 144 cells the sampling noise alone is ~0.1-0.15; a wrong rule is far off.
+    assert tv < 0.2, tv
+    tv_marg = 0.5 * float((emp.sum(0) / n - joint.sum(0)).abs().sum())
+    assert tv_marg < 0.06, tv_marg
+
+
+@pytest.mark.parametrize("conf", [(3, 1, 4), (5, 3, 6)], ids=lambda c: "/".join(map(str, c)))
+def test_rows_stop_at_eos_independently(target, references, eagle_draft, conf):
+    """EOS = a token row 0 emits early: row 0 stops there (and leaves the batch), the others go on."""
+    greedy, _ = references
+    eos = greedy[0][5]
+    assert eos not in greedy[0][:5]
+    refs = [target.generate(torch.tensor([p]), max_new_tokens=N, do_sample=False, eos_token_id=eos)[0, len(p):]
+            .tolist() for p in PROMPTS]
+    assert len(refs[0]) == 6 and max(len(r) for r in refs) > 6
+    cfg = SpecConfig(*conf, max_new_tokens=N, eos_token_ids=(eos,))
+    outs, _ = SpeculativeDecoder(target, Eagle3Drafter(eagle_draft), cfg, aux_layer_ids=[1, 2, 3]).generate(PROMPTS)
+    assert outs == refs
