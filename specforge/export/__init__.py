@@ -1,0 +1,34 @@
+"""Export trained EAGLE-3 drafts for SGLang / vLLM / specforge, and validate draft directories.
+
+Public API (``specforge export`` / ``specforge validate`` are thin CLIs over it):
+
+* :func:`export_draft(checkpoint, output_dir, to, target_model_path=None, options=None)` - ``to`` is a key of
+  :data:`EXPORTERS` (``sglang``, ``vllm-speculators``, ``vllm-eagle3``, ``hf``); atomic, validated.
+* :func:`validate_directory(directory, target_model_path=None, ...)` -> :class:`Report` of :class:`Check`.
+* :func:`check_draft(config, tensors, layout)` - the structural checks on in-memory tensors (meta allowed).
+* :func:`load_draft(directory)` -> ``(model, aux_layer_ids)`` from any layout.
+"""
+
+from __future__ import annotations
+
+from specforge.export.formats import (  # noqa: F401
+    EXPORTERS,
+    DraftSource,
+    ExportOptions,
+    ExportPlan,
+    TargetInfo,
+    export_draft,
+    layout_name,
+    load_source,
+    register_exporter,
+    source_from_dict,
+    target_info,
+)
+from specforge.export.roundtrip import load_draft  # noqa: F401
+from specforge.export.validate import Check, Report, check_draft, validate_directory  # noqa: F401
+
+__all__ = [
+    "EXPORTERS", "Check", "DraftSource", "ExportOptions", "ExportPlan", "Report", "TargetInfo", "check_draft",
+    "export_draft", "layout_name", "load_draft", "load_source", "register_exporter", "source_from_dict",
+    "target_info", "validate_directory",
+]
