@@ -96,6 +96,12 @@ def test_cache_hit_and_miss(tiny_target_dir, smollm2_tokenizer, conv_file, tmp_p
         assert not r.hit and r.path not in paths
         paths.add(r.path)
     assert all(max(len(x) for x in r.train["input_ids"]) <= 8 for r in [build(tiny_target_dir, conv_file, cache, tok, max_length=8)])
+    # The same rows rewritten (new mtime, e.g. prepare-data run again) stay a hit.
+    content = open(conv_file, encoding="utf-8").read()
+    os.utime(conv_file, ns=(1, 1))
+    with open(conv_file, "w", encoding="utf-8") as f:
+        f.write(content)
+    assert build(tiny_target_dir, conv_file, cache, tok).path == first.path
     # A changed data file is a miss even at the same path.
     with open(conv_file, "a", encoding="utf-8") as f:
         f.write(json.dumps({"id": "new", "conversations": [{"role": "user", "content": "x"},

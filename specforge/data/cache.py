@@ -8,7 +8,7 @@ Layout (one directory per distinct set of inputs)::
         vocab_mapping.safetensors   d2t int64 [Vd], t2d bool [V]
         meta.json                   the inputs that were hashed, row/token statistics
 
-``<hash>`` covers everything that changes the content: the data files (absolute path, size, mtime),
+``<hash>`` covers everything that changes the content: the data files (size and sha256 of their bytes),
 the tokenizer (its serialised vocabulary/merges, special tokens and chat template), the chat template
 (name and fields), the max length, the draft vocab size and :data:`FORMAT_VERSION`. The directory is
 built under a temporary name and renamed into place, so a failed or interrupted build leaves nothing.
@@ -102,12 +102,16 @@ def resolve_draft_vocab_size(target_vocab_size: int, draft_model_config=None, ov
 
 
 def file_identity(path: str | os.PathLike) -> dict:
-    """Absolute path, size and modification time: a changed file gets a new cache key."""
+    """Size and sha256 of the file's bytes: changed content gets a new cache key, while a file that is
+    merely rewritten with the same rows (or moved) stays a cache hit. Hashing runs at disk speed."""
     p = Path(path).resolve()
     if not p.is_file():
         raise SpecforgeError(f"{path}: file not found; check the path you passed.")
-    st = p.stat()
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return {"size": p.stat().st_size, "sha256": h.hexdigest()}
 
 
 def tokenizer_identity(tokenizer) -> str:
