@@ -1,9 +1,49 @@
 #!/usr/bin/env bash
-# `make demo`: the main job end to end on the default model (CPU friendly sizes).
+# `make demo`: the whole pipeline end to end on the default model, sized for a 2-core CPU (~10 min).
+#   prepare-data -> build-cache (+ --view-train-data) -> train -> bench -> export + validate
+# Override sizes with env vars, e.g. `SAMPLES=2000 STEPS=400 make demo`.
 set -euo pipefail
 OUT=${1:-demo_out}
 PY=${PY:-.venv/bin/python}
 MODEL=HuggingFaceTB/SmolLM2-135M-Instruct
+SAMPLES=${SAMPLES:-300}
+STEPS=${STEPS:-60}
+MAXLEN=${MAXLEN:-256}
 mkdir -p "$OUT"
-echo "== prepare-data (300 real ShareGPT conversations, 95/5 split)"
-$PY scripts/prepare_data.py --dataset sharegpt --output-path "$OUT/dataset" --sample-size 300 --split-eval
+
+echo "== 1/5 prepare-data: $SAMPLES real ShareGPT conversations (offline), 95/5 split"
+$PY scripts/prepare_data.py --dataset sharegpt --output-path "$OUT/dataset" --sample-size "$SAMPLES" --split-eval
+
+echo "== 2/5 build-cache: tokens, loss masks, draft vocab; show two samples (green = trained on)"
+$PY scripts/build_eagle3_dataset_cache.py \
+    --target-model-path $MODEL \
+    --draft-model-config configs/smollm2-135m-eagle3.json \
+    --train-data-path "$OUT/dataset/sharegpt_train.jsonl" \
+    --eval-data-path "$OUT/dataset/sharegpt_test.jsonl" \
+    --cache-dir "$OUT/cache" --chat-template smollm2 --max-length "$MAXLEN" \
+    --view-train-data 1 2
+
+echo "== 3/5 train: $STEPS online steps (target in the loop)"
+rm -rf "$OUT/outputs"  # a fresh run each time (use --resume to continue one)
+$PY scripts/train_eagle3_online.py \
+    --target-model-path $MODEL \
+    --draft-model-config configs/smollm2-135m-eagle3.json \
+    --train-data-path "$OUT/dataset/sharegpt_train.jsonl" \
+    --eval-data-path "$OUT/dataset/sharegpt_test.jsonl" \
+    --output-dir "$OUT/outputs" --cache-dir "$OUT/cache" --chat-template smollm2 \
+    --max-length "$MAXLEN" --batch-size 2 --num-epochs 1 --total-steps "$STEPS" \
+    --learning-rate 3e-4 --eval-interval "$STEPS" --log-interval 10 --report-to none
+CKPT=$(ls -d "$OUT"/outputs/step_* "$OUT"/outputs/epoch_* 2>/dev/null | sort -V | tail -1 || true)
+[ -n "$CKPT" ] || { echo "error: training wrote no checkpoint under $OUT/outputs" >&2; exit 1; }
+echo "   checkpoint: $CKPT"
+
+echo "== 4/5 bench: vanilla vs speculative (chain 3/1/4) on 3 MT-bench questions"
+$PY bench_model_speedup.py --model-path $MODEL --speculative-draft-model-path "$CKPT" \
+    --config-list "1,0,1,1" "1,3,1,4" --benchmark-list mtbench:3 --max-new-tokens 64 \
+    --output "$OUT/bench.jsonl"
+
+echo "== 5/5 export for SGLang and validate it"
+$PY -m specforge export --to sglang --checkpoint "$CKPT" --output-dir "$OUT/export-sglang" \
+    --target-model-path $MODEL --force
+$PY -m specforge validate "$OUT/export-sglang" --no-decode
+echo "== done: outputs under $OUT/"
