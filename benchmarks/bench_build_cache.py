@@ -5,7 +5,7 @@
 Prepares N conversations with prepare-data (offline ShareGPT), then times a cold build of the dataset
 cache (tokenise + masks + draft vocab + save) and a warm run (cache hit), and prints rows/s, tokens/s and
 the projected time for the 68K-conversation ShareGPT set. Results are recorded in
-benchmarks/RESULTS_data.md, not asserted.
+BENCHMARKS.md, not asserted.
 """
 
 from __future__ import annotations

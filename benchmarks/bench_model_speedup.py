@@ -4,7 +4,7 @@
     python benchmarks/bench_model_speedup.py --decoder-overhead [--max-new-tokens 64 --chains 3 7 ...]
 
 The second form records how close the built-in decoder gets to its ideal speed-up with an oracle draft
-(see ``specforge.bench.overhead``; figures in benchmarks/RESULTS_decoder.md).
+(see ``specforge.bench.overhead``; figures in BENCHMARKS.md).
 """
 
 import os

@@ -6,7 +6,7 @@ subprocess so its peak RSS (``ru_maxrss``) is its own.
 
     python benchmarks/bench_train_step.py                       # lean + eager at 512/1024/2048
     python benchmarks/bench_train_step.py --backends sdpa --lengths 512 --steps 3
-    python benchmarks/bench_train_step.py --markdown benchmarks/RESULTS_train_step.md
+    python benchmarks/bench_train_step.py --markdown /tmp/train_step.md   (figures: BENCHMARKS.md)
 """
 
 from __future__ import annotations

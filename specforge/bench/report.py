@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from specforge.fileio import atomic_path, write_jsonl
+from specforge.fileio import save_figure, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +63,7 @@ def write_plots(records: list[dict], output: str | Path) -> list[Path]:
         ax.set_xlabel("tokens per verification (τ)")
         ax.set_ylabel("fraction of verifications")
         ax.legend(fontsize=7)
-        p = Path(f"{stem}_tau_hist.png")
-        fig.tight_layout()
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, f"{stem}_tau_hist.png"))
     with_speed = [r for r in records if r.get("speedup") is not None]
     if with_speed:
         benches = list(dict.fromkeys(r["benchmark"] for r in with_speed))
@@ -83,10 +78,5 @@ def write_plots(records: list[dict], output: str | Path) -> list[Path]:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(benches))], benches)
         ax.set_ylabel("speed-up vs vanilla (wall time)")
         ax.legend(fontsize=7)
-        p = Path(f"{stem}_speedup.png")
-        fig.tight_layout()
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, f"{stem}_speedup.png"))
     return paths

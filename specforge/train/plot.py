@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specforge.fileio import atomic_path
+from specforge.fileio import save_figure
 from specforge.train.trackers import read_metrics
 
 PLOT_FILE = "training_curves.png"
@@ -46,9 +46,4 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     ax_acc.set_ylim(0, 1)
     ax_acc.set_title("per-position accuracy")
     ax_acc.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
