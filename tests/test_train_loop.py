@@ -226,3 +226,14 @@ def test_trackers(tmp_path):
         except ImportError:
             with pytest.raises(SpecforgeError, match=f"pip install {pkg}"):
                 build_tracker(name, tmp_path, {})
+
+
+def test_auto_attention_backend_is_lean_for_the_device():
+    from specforge.errors import SpecforgeError
+    from specforge.train.components import resolve_attention_backend
+
+    assert resolve_attention_backend("auto", "cpu") is None  # registry default: sdpa (fused CPU kernel)
+    assert resolve_attention_backend("auto", "cuda:0") == "flex_attention"
+    assert resolve_attention_backend("eager", "cuda") == "eager"
+    with pytest.raises(SpecforgeError, match="unknown --draft-attention-backend"):
+        resolve_attention_backend("flash9", "cpu")

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="draft vocabulary size, overriding the config's draft_vocab_size; None = the config's, else min(32000, target vocab)")
     m.add_argument("--draft-attention-backend", default="auto",
                    help="attention backend of the TTT unroll (eager, the memory-lean default, flex_attention; "
-                        "'auto' = the default lean backend)")
+                        "'auto' = the memory-lean choice: sdpa on CPU, flex_attention on CUDA)")
     m.add_argument("--ttt-length", type=int, default=7, help="training-time-test unroll length K (loss weights 0.8^i)")
 
     d = parser.add_argument_group("data")

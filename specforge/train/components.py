@@ -12,12 +12,14 @@ from specforge.errors import SpecforgeError
 logger = logging.getLogger(__name__)
 
 
-def resolve_attention_backend(name: str | None) -> str | None:
-    """Check ``--draft-attention-backend`` against the registry; ``auto``/None -> the default (None)."""
+def resolve_attention_backend(name: str | None, device: str = "cpu") -> str | None:
+    """Check ``--draft-attention-backend`` against the registry. ``auto``/None -> the memory-lean choice
+    for the device: ``flex_attention`` on CUDA (the fused CPU kernel behind ``sdpa`` does not exist
+    there), else the registry default (None)."""
     from specforge.modeling.draft.attention import available_attention_backends
 
     if name in (None, "auto"):
-        return None
+        return "flex_attention" if str(device).startswith("cuda") else None
     known = available_attention_backends()
     if name not in known:
         raise SpecforgeError(f"unknown --draft-attention-backend '{name}'; choose one of auto, {', '.join(known)}.")

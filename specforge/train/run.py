@@ -77,7 +77,7 @@ def run_training(args: argparse.Namespace):
 
     validate_args(args)
     _check_files(args)
-    backend = resolve_attention_backend(args.draft_attention_backend)
+    resolve_attention_backend(args.draft_attention_backend)  # fail fast on an unknown name
     check_tracker_available(args.report_to)
     resume_dir = None
     if args.resume:
@@ -91,6 +91,7 @@ def run_training(args: argparse.Namespace):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    backend = resolve_attention_backend(args.draft_attention_backend, device)
     info = dist.init_distributed(device, args.dist_timeout)
     device = dist.rank_device(device, info)
     _apply_mem_frac(args, device)
