@@ -132,3 +132,35 @@ def test_benchmark_loaders_read_offline_packages():
         assert got_name == name and len(samples) == n
         assert all(s.turns and all(isinstance(t, str) and t for t in s.turns) for s in samples)
     assert all(len(s.turns) == 2 for s in load_benchmark("mtbench:5")[1])
+
+
+def test_bench_reads_every_export_layout_with_the_same_aux_states(tmp_path, tiny_target_dir):
+    """A checkpoint with custom aux layer ids, exported for vLLM (speculators), decodes exactly like the
+    checkpoint itself: same aux states, same τ."""
+    from safetensors.torch import save_file
+
+    from specforge.export import load_draft
+    from specforge.modeling.auto import AutoEagle3DraftModel, derive_draft_config
+    from specforge.modeling.loading import load_config
+    from specforge.modeling.target import aux_layer_ids
+
+    torch.manual_seed(1)
+    cfg = derive_draft_config(load_config(tiny_target_dir), draft_vocab_size=2000)
+    cfg.eagle_config = {"eagle_aux_hidden_state_layer_ids": [0, 1, 2]}  # SGLang convention: outputs of layers
+    ckpt = tmp_path / "ckpt"
+    cfg.save_pretrained(ckpt)
+    save_file(AutoEagle3DraftModel.from_config(cfg).state_dict_for_save(), str(ckpt / "model.safetensors"))
+    expected_aux = aux_layer_ids(4, cfg)
+    assert expected_aux == [1, 2, 3]
+    exported = tmp_path / "vllm"
+    assert main(["export", "--to", "vllm", "--checkpoint", str(ckpt), "--output-dir", str(exported),
+                 "--target-model-path", tiny_target_dir]) == 0
+    assert list(load_draft(exported)[1]) == expected_aux
+    taus = []
+    for i, path in enumerate((ckpt, exported)):
+        out = tmp_path / f"out{i}.jsonl"
+        assert main(["bench", "--model-path", tiny_target_dir, "--speculative-draft-model-path", str(path),
+                     "--config-list", "1,3,1,4", "--benchmark-list", "gsm8k:1", "--max-new-tokens", "8",
+                     "--baselines", "--no-plots", "--output", str(out)]) == 0
+        taus.append([r["accept_histogram"] for r in _records(out) if r["method"] == "eagle3"])
+    assert taus[0] == taus[1] and taus[0]

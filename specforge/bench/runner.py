@@ -130,13 +130,15 @@ def _load_draft(opts: BenchOptions, target, device, dtype):
     real = path[len("oracle:"):] if path.startswith("oracle:") else (None if path == "oracle" else path)
     aux = None
     if real:
-        from specforge.modeling.auto import AutoEagle3DraftModel, check_draft_target_compat
+        from specforge.export import load_draft
+        from specforge.modeling.auto import check_draft_target_compat
 
-        eagle = AutoEagle3DraftModel.from_pretrained(real)
+        # Any layout: training checkpoint, or an hf / sglang / vllm export (speculators included).
+        eagle, draft_aux = load_draft(real)
         check_draft_target_compat(eagle.config, target.config)
         eagle.load_embedding(target.get_input_embeddings().weight)
         eagle.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        aux = aux_layer_ids(layers, eagle.config)
+        aux = list(draft_aux) if draft_aux else aux_layer_ids(layers, None)
     if path.startswith("oracle"):
         if opts.temperature > 0:
             raise SpecforgeError("--speculative-draft-model-path oracle needs --temperature 0 (it proposes the "
