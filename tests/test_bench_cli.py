@@ -102,6 +102,7 @@ def test_bench_interrupt_keeps_written_records(tmp_path, tiny_target_dir, tiny_d
     (["--benchmark-list", "nosuch:3"], "unknown benchmark"),
     (["--config-list", "1,3,1"], "bad --config-list"),
     (["--config-list", "1,3,1,4"], "need --speculative-draft-model-path"),
+    (["--speculative-draft-model-path", "/no/such/draft"], "--speculative-draft-model-path /no/such/draft: not a directory"),
 ])
 def test_bench_bad_input_is_one_line_error(tmp_path, tiny_target_dir, argv, message, capsys):
     rc = main(["bench", "--model-path", tiny_target_dir, "--output", str(tmp_path / "x.jsonl"), *argv])

@@ -9,6 +9,7 @@ previous answers. One JSONL record is written per (method/config, benchmark) as 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -133,6 +134,9 @@ def _load_draft(opts: BenchOptions, target, device, dtype):
         from specforge.export import load_draft
         from specforge.modeling.auto import check_draft_target_compat
 
+        if not os.path.isdir(real):
+            raise SpecforgeError(f"--speculative-draft-model-path {real}: not a directory; pass a checkpoint "
+                                 "(OUTPUT_DIR/epoch_<i>), an export dir, or 'oracle'.")
         # Any layout: training checkpoint, or an hf / sglang / vllm export (speculators included).
         eagle, draft_aux = load_draft(real)
         check_draft_target_compat(eagle.config, target.config)
