@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from test_export import H, TARGET_LAYERS, V, VD, draft_config, draft_tensors, export, write_ckpt
+from test_export import (  # noqa: F401  (target_dir is a shared fixture)
+    H, TARGET_LAYERS, V, VD, draft_config, draft_tensors, export, target_dir, write_ckpt,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,20 +61,6 @@ def _failed(report):
     for c in bad:  # each failure is one line with a reason and a fix
         assert "\n" not in c.detail and c.fix, c
     return {c.name: c.detail for c in bad}
-
-
-@pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    """Random Llama target (hidden H, vocab V, 6 layers) - same as test_export's - without a tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=96, num_hidden_layers=TARGET_LAYERS,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    out = tmp_path_factory.mktemp("vtarget")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return str(out)
 
 
 @pytest.mark.parametrize("to", ["sglang", "vllm-eagle3", "vllm-speculators", "hf"])
