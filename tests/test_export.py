@@ -95,17 +95,22 @@ def write_ckpt(path: Path, cfg=None, tensors=None, ht=HT) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    """A saved random Llama target (hidden H - the draft shares its embedding -, vocab V, 6 layers)."""
+def tiny_target(seed: int):
+    """A random Llama target (hidden H, vocab V, TARGET_LAYERS layers, untied embeddings)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=96, num_hidden_layers=TARGET_LAYERS,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory):
+    """A saved random Llama target (hidden H - the draft shares its embedding -, vocab V, 6 layers)."""
     out = tmp_path_factory.mktemp("target")
-    LlamaForCausalLM(cfg).save_pretrained(out)
+    tiny_target(seed=0).save_pretrained(out)
     return str(out)
 
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from test_export import (  # noqa: F401  (target_dir is a shared fixture)
-    H, TARGET_LAYERS, V, VD, draft_config, draft_tensors, export, target_dir, write_ckpt,
+    H, TARGET_LAYERS, V, VD, draft_config, draft_tensors, export, target_dir, tiny_target, write_ckpt,
 )
 
 
@@ -187,13 +187,7 @@ def test_cli_exit_codes(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def zero_target_dir(tmp_path_factory):
     """A target whose greedy output is always token 0 (final norm weight 0 -> all logits 0 -> argmax 0)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=96, num_hidden_layers=TARGET_LAYERS,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg)
+    model = tiny_target(seed=1)
     with torch.no_grad():
         model.model.norm.weight.zero_()
     out = tmp_path_factory.mktemp("zero_target")
