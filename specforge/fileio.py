@@ -24,6 +24,7 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
     For a directory an existing ``path`` is replaced (old copy removed after the rename succeeds).
     """
     path = Path(path)
+    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)) if is_dir else None
     if not is_dir:
@@ -34,6 +35,11 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True) if is_dir else tmp.unlink(missing_ok=True)
+        for d in created:  # a failed write leaves no directories it made either
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise
     if is_dir:
         old = None

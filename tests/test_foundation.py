@@ -39,6 +39,10 @@ def test_atomic_open_leaves_nothing_on_error(tmp_path):
             f.write("partial")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):  # parent dirs made for a failed write are removed too
+        with atomic_path(tmp_path / "new" / "deeper" / "ckpt", is_dir=True):
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
     write_jsonl(target, [{"a": 1}, {"b": 2}])
     assert [r for _, r in iter_jsonl(target)] == [{"a": 1}, {"b": 2}]
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
