@@ -22,6 +22,7 @@ import torch
 
 from specforge.errors import SpecforgeError
 from specforge.inference.drafters import Drafter
+from specforge.modeling.compat import cache_kwargs
 from specforge.inference.kv import additive_mask, keep_new_slots, step_mask
 from specforge.inference.sampling import verify_tree
 from specforge.inference.tree import DraftTree, ancestor_mask, select_tree, tree_position_ids
@@ -139,7 +140,7 @@ class SpeculativeDecoder:
         t0 = time.perf_counter()
         out = self.target(
             input_ids=ids, position_ids=pos, attention_mask=None if mask is None else additive_mask(mask, self.dtype),
-            past_key_values=cache, use_cache=True, output_hidden_states=want_aux,
+            **cache_kwargs(self.target, cache), use_cache=True, output_hidden_states=want_aux,
             logits_to_keep=logits_to_keep,
         )
         aux = torch.cat([out.hidden_states[i] for i in self.aux_ids], -1) if want_aux else None
