@@ -1,7 +1,7 @@
 """`specforge export`: exact engine key sets/shapes, layer-id conventions, round trips, atomic output.
 
 The expected names and shapes below are written out by hand from SGLang's and vLLM's
-``llama_eagle3.py`` loaders (DESIGN.md §5), independently of ``specforge.export.spec``.
+``llama_eagle3.py`` loaders (docs/EAGLE3.md section 4), independently of ``specforge.export.spec``.
 """
 
 from __future__ import annotations

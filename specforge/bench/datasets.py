@@ -1,4 +1,4 @@
-"""Benchmark prompt sets, read offline from the PyPI packages that ship them (DESIGN.md section 6).
+"""Benchmark prompt sets, read offline from the PyPI packages that ship them (README: "Benchmark").
 
 A benchmark is a list of :class:`Sample` (one or more user turns). Packages are *located* with
 ``importlib.util.find_spec`` and their data files read directly — never imported (several pull heavy

@@ -1,4 +1,4 @@
-"""The EAGLE-3 training-time-test (TTT) unroll, loss and metrics (DESIGN.md section 3), in one file.
+"""The EAGLE-3 training-time-test (TTT) unroll, loss and metrics (docs/EAGLE3.md section 2), in one file.
 
 Alignment (the reference EAGLE-3 trainers'): the target state at position ``t`` has seen tokens ``<= t``.
 At TTT step ``i`` the draft at index ``t`` reads the token ``input_ids[t+i+1]``, position ``t+i``, and

@@ -5,7 +5,7 @@ renames tensors and writes config dicts, never touching tensor data, so it also 
 (the tests export an 8B-shaped draft that way). :func:`export_draft` writes a plan atomically and
 validates the written directory before it appears under its final name.
 
-Layouts (DESIGN.md §5):
+Layouts (docs/EAGLE3.md section 4):
 
 * ``sglang``: ``config.json`` (``architectures: ["LlamaForCausalLMEagle3"]``) + ``model.safetensors`` with
   ``midlayer.*``, ``fc``, ``norm``, ``lm_head``, ``d2t``, ``t2d`` and no embedding. Custom aux ids go to

@@ -1,4 +1,4 @@
-"""``LlamaForCausalLMEagle3``: the EAGLE-3 draft with SGLang/vLLM weight names (DESIGN.md section 3, 5).
+"""``LlamaForCausalLMEagle3``: the EAGLE-3 draft with SGLang/vLLM weight names (docs/EAGLE3.md sections 1 and 4).
 
 One Llama decoder layer (``midlayer``) whose attention reads ``cat(input_layernorm(embeds),
 hidden_norm(hidden))`` (width 2H) and whose residual is the un-normed ``hidden``; ``fc`` projects the
