@@ -82,3 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, read-only or permission-denied place, a file in the way
+        from specforge.fileio import describe_os_error
+
+        line = describe_os_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return SpecforgeError.exit_code

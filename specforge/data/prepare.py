@@ -81,8 +81,10 @@ def iter_json_array(path: str | os.PathLike, chunk_chars: int = 1 << 20, stats: 
     (``stats.truncated_source`` is set). Malformed JSON before the end raises :class:`SpecforgeError`
     with the line number.
     """
+    from specforge.fileio import open_text
+
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         buf, pos, eof, line_base = "", 0, False, 1
 
         def fill() -> bool:
@@ -149,21 +151,57 @@ def iter_json_array(path: str | os.PathLike, chunk_chars: int = 1 << 20, stats: 
 
 def iter_raw_rows(path: str | os.PathLike, stats: PrepareStats | None = None) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, record)`` from a JSON array or a JSONL file (decided by the first character)."""
-    from specforge.fileio import iter_jsonl
+    from specforge.fileio import iter_jsonl, open_text
 
     path = Path(path)
     if not path.is_file():
         raise SpecforgeError(f"{path}: file not found; check --data-path.")
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         head = f.read(4096).lstrip()
     if not head:
         raise SpecforgeError(f"{path}: the file is empty; pass a ShareGPT JSON or JSONL file.")
     if head.startswith("["):
         for i, rec in enumerate(iter_json_array(path, stats=stats)):
             yield f"{path}[{i}]", rec
-    else:
+        return
+    try:
         for lineno, rec in iter_jsonl(path):
+            if lineno == 1 and not _looks_like_row(rec):
+                _reject_single_object(path, rec)
             yield f"{path}:{lineno}", rec
+    except SpecforgeError:
+        if head.startswith("{") and stats is not None and stats.read == 0:
+            _reject_single_object(path, None)  # a pretty-printed object fails as JSONL on line 1
+        raise
+
+
+_SHAPES = ('prepare-data reads a JSON array [{"conversations": [{"from": "human", "value": "..."}, ...]}, ...] '
+           "or JSONL with one such object per line")
+
+
+def _looks_like_row(rec: dict) -> bool:
+    """False for a container object such as ``{"data": [{...}, ...]}`` (rows are not lists of objects)."""
+    containers = [v for v in rec.values() if isinstance(v, list) and v and isinstance(v[0], dict)
+                  and not {"from", "role"} & set(v[0])]
+    return "conversations" in rec or "messages" in rec or not containers
+
+
+def _reject_single_object(path: Path, rec: dict | None) -> None:
+    """Raise the shape message when ``path`` is one JSON object rather than rows (else return)."""
+    if rec is None:
+        if path.stat().st_size > (256 << 20):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                rec = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return
+        if not isinstance(rec, dict):
+            return
+    keys = ", ".join(repr(k) for k in list(rec)[:5]) or "none"
+    lists = [k for k, v in rec.items() if isinstance(v, list)]
+    hint = f" (to use its list {lists[0]!r}, write that list out as the file)" if lists else ""
+    raise SpecforgeError(f"{path}: is one JSON object (keys {keys}), not a list of conversations; {_SHAPES}{hint}.")
 
 
 def convert_sharegpt_row(rec: Any, where: str, index: int, prefix: str, stats: PrepareStats) -> dict | None:
@@ -308,12 +346,14 @@ def prepare_dataset(
     """
     from tqdm import tqdm
 
-    from specforge.fileio import write_jsonl
+    from specforge.fileio import check_name, check_output_dir, write_jsonl
 
     if sample_size is not None and sample_size <= 0:
         raise SpecforgeError(f"--sample-size must be positive, got {sample_size}.")
     if not 0 < eval_ratio < 1:
         raise SpecforgeError(f"--eval-ratio must be between 0 and 1, got {eval_ratio}.")
+    name = check_name(name, "--output-name") if name is not None else dataset
+    out = check_output_dir(output_dir, "--output-path")
     stats = PrepareStats()
     rows: list[dict] = []
     with tqdm(total=sample_size, desc=f"prepare {dataset}", unit="conv", disable=not progress) as bar:
@@ -324,8 +364,6 @@ def prepare_dataset(
                 break
     if not rows:
         raise SpecforgeError(f"no usable conversations in {data_path or dataset} ({stats.summary()}).")
-    name = name or dataset
-    out = Path(output_dir)
     files = {"all": out / f"{name}.jsonl"}
     parts = {"all": rows}
     if split_eval:
