@@ -29,8 +29,9 @@ CONVERSATIONS = {
 
 
 def expected_loss_text(messages, end="<|im_end|>\n"):
-    """Independent reference: the text that must be learned is each assistant content + end of turn."""
-    return [m["content"] + end for m in messages if m["role"] == A]
+    """Independent reference: the text that must be learned is each non-empty assistant content + end of turn
+    (an empty reply teaches nothing, so not even its end of turn is learned)."""
+    return [m["content"] + end for m in messages if m["role"] == A and m["content"].strip()]
 
 
 def masked_runs_text(tokenizer, ids, mask):
@@ -60,7 +61,7 @@ def test_registry_and_auto_match_the_tokenizers_own_template(smollm2_tokenizer, 
     # Mask 1 exactly on assistant content + its end-of-turn marker (system/user/headers are 0).
     got = masked_runs_text(tok, reg_ids, reg_mask)
     assert "".join(got) == "".join(expected_loss_text(messages))
-    assert (sum(reg_mask) == 0) == (case == "no_assistant")
+    assert (sum(reg_mask) == 0) == (case in ("no_assistant", "empty_answer"))
 
 
 def test_llama3_template_renders_expected_text_and_spans():

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=2048, help="truncate rows to this many tokens")
     parser.add_argument("--draft-vocab-size", type=int, default=None, help="draft vocab size; overrides the draft config's draft_vocab_size")
     parser.add_argument("--num-proc", type=int, default=1, help="tokenisation worker processes")
+    parser.add_argument("--allow-no-supervised-tokens", action="store_true",
+                        help="build even when a split has no loss_mask==1 token (an error otherwise; train refuses it)")
     parser.add_argument("--view-train-data", type=int, nargs="*", default=[], metavar="I",
                         help="print these train rows (0-based) with loss_mask==1 tokens green, 0 red")
 
@@ -43,10 +45,16 @@ def run(args: argparse.Namespace) -> int:
         args.target_model_path, args.train_data_path, args.eval_data_path, cache_dir=args.cache_dir,
         chat_template=args.chat_template, max_length=args.max_length, draft_vocab_size=args.draft_vocab_size,
         draft_model_config=args.draft_model_config, num_proc=args.num_proc, tokenizer=tokenizer,
+        allow_no_supervised_tokens=args.allow_no_supervised_tokens,
     )
     m = res.meta
-    print(f"build-cache: {'cache hit' if res.hit else 'built'} {res.path}: {len(res.train)} train rows"
-          + (f", {len(res.eval)} eval rows" if res.eval is not None else "")
+
+    def sup(split: str) -> str:
+        n = (m.get(split) or {}).get("loss_tokens")
+        return f" ({n} supervised tokens)" if n is not None else ""
+
+    print(f"build-cache: {'cache hit' if res.hit else 'built'} {res.path}: {len(res.train)} train rows{sup('train')}"
+          + (f", {len(res.eval)} eval rows{sup('eval')}" if res.eval is not None else "")
           + f", draft vocab {res.d2t.numel()} of {res.t2d.numel()} "
           f"(covers {100 * m.get('draft_vocab_coverage', 0):.1f}% of {m.get('loss_tokens', 0)} loss tokens)")
     bad = [i for i in args.view_train_data if not 0 <= i < len(res.train)]

@@ -33,7 +33,7 @@ from specforge.errors import SpecforgeError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: empty assistant replies are no longer supervised (their end-of-turn token was)
 DEFAULT_DRAFT_VOCAB_SIZE = 32000
 VOCAB_FILE = "vocab_mapping.safetensors"
 META_FILE = "meta.json"
@@ -159,18 +159,38 @@ def _tokenize_file(path, tokenizer, renderer, max_length: int, num_proc: int, sp
         num_proc=num_proc if num_proc > 1 else None, new_fingerprint=f"specforge-{split}-{os.getpid()}",
         desc=f"Tokenising {split}",
     )
+    import pyarrow.compute as pc
+
     table = ds.with_format("arrow")[:]
     no_span = int((table.column("num_spans").to_numpy() == 0).sum())
     stats = {
         "rows": len(ds),
         "truncated_rows": int(table.column("truncated").to_numpy(zero_copy_only=False).sum()),
         "rows_without_assistant_span": no_span,
+        "loss_tokens": int(pc.sum(pc.list_flatten(table.column("loss_mask"))).as_py() or 0),
     }
     if no_span:
         # One line with a count, not one per row: a data set with broken rows must stay readable.
         logger.warning("WARNING: %s (%d of %d %s rows); their loss mask is all zero.", NO_SPAN_WARNING,
                        no_span, len(ds), split)
     return ds.remove_columns(["num_spans", "truncated"]), stats
+
+
+def check_supervised(meta: dict, max_length: int, allow: bool = False) -> None:
+    """Refuse a cache whose train or eval split has no token with ``loss_mask == 1`` (training on it
+    would run at loss 0 and save an untrained draft); with ``allow`` only warn."""
+    for split in ("train", "eval"):
+        st = meta.get(split) or {}
+        n = st.get("loss_tokens", meta.get("loss_tokens") if split == "train" else None)
+        if n is None or n > 0:
+            continue
+        msg = (f"the {split} split has no supervised tokens (loss_mask is 0 in all {st.get('rows', '?')} rows: "
+               f"{st.get('rows_without_assistant_span', '?')} without an assistant reply, "
+               f"{st.get('truncated_rows', '?')} cut by --max-length {max_length}); check that the assistant "
+               "turns have text and fit in --max-length")
+        if not allow:
+            raise SpecforgeError(msg + " (build-cache --allow-no-supervised-tokens builds such a cache anyway).")
+        logger.warning("WARNING: %s; a draft cannot be trained on it.", msg)
 
 
 def load_cache(path: str | os.PathLike) -> CacheResult:
@@ -197,6 +217,7 @@ def build_eagle3_dataset_cache(
     draft_model_config=None,
     num_proc: int = 1,
     tokenizer=None,
+    allow_no_supervised_tokens: bool = False,
 ) -> CacheResult:
     """Tokenise train (and eval) conversations, mask non-assistant tokens, build the draft vocab; cached.
 
@@ -210,15 +231,19 @@ def build_eagle3_dataset_cache(
         draft_model_config: path to (or dict of) the draft config JSON; checked against the target vocab.
         num_proc: worker processes for tokenisation.
         tokenizer: an already loaded target tokenizer (else loaded from ``target_model_path``).
+        allow_no_supervised_tokens: build (with a warning) even when a split has no ``loss_mask == 1``
+            token; by default that is an error (see :func:`check_supervised`).
     Returns:
         :class:`CacheResult` with ``train``/``eval`` Datasets (``input_ids [L]``, ``loss_mask [L]`` per row),
         ``d2t`` int64 ``[Vd]``, ``t2d`` bool ``[V]`` and the cache ``path``.
     """
-    from specforge.fileio import atomic_path
+    from specforge.fileio import atomic_path, clean_stale_temps
     from specforge.modeling.loading import load_config, load_tokenizer
 
     if max_length <= 0:
         raise SpecforgeError(f"--max-length must be positive, got {max_length}.")
+    if num_proc < 1:
+        raise SpecforgeError(f"--num-proc must be >= 1, got {num_proc}.")
     if tokenizer is None:
         tokenizer = load_tokenizer(target_model_path)
     target_vocab = int(load_config(target_model_path).vocab_size)
@@ -238,15 +263,19 @@ def build_eagle3_dataset_cache(
     path = Path(cache_dir) / f"eagle3-{cache_key(ingredients)}"
     if (path / META_FILE).is_file():
         logger.info("cache hit: %s", path)
-        return load_cache(path)
+        result = load_cache(path)
+        check_supervised(result.meta, max_length, allow_no_supervised_tokens)
+        return result
 
     logger.info("cache miss: building %s", path)
+    clean_stale_temps(path.parent, "eagle3-*")
     with atomic_path(path, is_dir=True) as tmp:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary shared directory
         train, train_stats = _tokenize_file(train_data_path, tokenizer, renderer, max_length, num_proc, "train")
         ev, eval_stats = (None, None)
         if eval_data_path:
             ev, eval_stats = _tokenize_file(eval_data_path, tokenizer, renderer, max_length, num_proc, "eval")
+        check_supervised({"train": train_stats, "eval": eval_stats}, max_length, allow_no_supervised_tokens)
         counts = count_loss_tokens(train, target_vocab)
         d2t, t2d = build_vocab_mapping(counts, vd)
         distinct = int((counts > 0).sum())

@@ -129,6 +129,9 @@ def validate_row(path: str | os.PathLike, lineno: int, rec: dict[str, Any]) -> l
             f"{path}:{lineno}: row {what}; rows must look like "
             '{"id": ..., "conversations": [{"role": "user", "content": "..."}, ...]} (run prepare-data first).'
         )
+    if not conv:
+        raise SpecforgeError(f"{path}:{lineno}: row has an empty 'conversations' list, nothing to train on; "
+                             "drop such rows (prepare-data skips them).")
     msgs = []
     for i, turn in enumerate(conv):
         if not isinstance(turn, dict):

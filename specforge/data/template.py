@@ -90,7 +90,7 @@ class ChatTemplate:
             parts.append(head)
             parts.append(body)
             pos += len(head)
-            if m["role"] == "assistant":
+            if m["role"] == "assistant" and m["content"].strip():  # an empty reply teaches nothing
                 spans.append((pos, pos + len(body)))
             pos += len(body)
         return "".join(parts), spans
@@ -124,7 +124,7 @@ class AutoChatTemplate:
         text = self._render(messages)
         spans: list[Span] = []
         for k, m in enumerate(messages):
-            if m["role"] != "assistant":
+            if m["role"] != "assistant" or not m["content"].strip():  # an empty reply teaches nothing
                 continue
             probe = self._render([*messages[:k], {"role": "assistant", "content": self.SENTINEL}])
             start = probe.find(self.SENTINEL)

@@ -7,6 +7,7 @@ single process) are rejected by :func:`validate_args` with one clear line.
 from __future__ import annotations
 
 import argparse
+import math
 
 from specforge.errors import SpecforgeError
 
@@ -58,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--log-interval", type=int, default=1, help="log metrics every N optimizer steps")
     c.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the latest checkpoint in --output-dir, or from the given checkpoint dir")
+    c.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --output-dir (checkpoints, metrics) and start over")
     c.add_argument("--report-to", default="none", choices=REPORT_TO, help="experiment tracker")
     c.add_argument("--wandb-project", default=None, help="wandb/mlflow project (experiment) name")
     c.add_argument("--wandb-name", default=None, help="wandb/mlflow run name")
@@ -99,6 +102,11 @@ def validate_args(args: argparse.Namespace) -> None:
     for flag, value in (("--save-interval", args.save_interval), ("--eval-interval", args.eval_interval)):
         if value < 0:
             raise SpecforgeError(f"{flag} must be >= 0 (got {value}).")
+    for flag, value in (("--learning-rate", args.learning_rate), ("--warmup-ratio", args.warmup_ratio),
+                        ("--max-grad-norm", args.max_grad_norm), ("--mem-frac", args.mem_frac),
+                        ("--dist-timeout", args.dist_timeout)):
+        if value is not None and not math.isfinite(value):
+            raise SpecforgeError(f"{flag} must be a finite number (got {value}).")
     if not 0.0 <= args.warmup_ratio < 1.0:
         raise SpecforgeError(f"--warmup-ratio must be in [0, 1) (got {args.warmup_ratio}).")
     if args.learning_rate <= 0:

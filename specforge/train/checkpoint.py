@@ -108,21 +108,77 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 def resolve_resume_dir(resume: str, output_dir: str | Path) -> Path:
     """``--resume`` value -> a checkpoint dir: ``latest`` (newest in ``output_dir``), a checkpoint dir,
-    or a run dir holding checkpoints (its newest)."""
+    or a run dir holding checkpoints (its newest intact one: a corrupt newer one is skipped, and said so)."""
     if resume == "latest":
         ckpts = list_checkpoints(output_dir)
         if not ckpts:
             raise SpecforgeError(f"--resume: no checkpoint with a trainer state in {output_dir}; "
                                  "train without --resume first (or pass a checkpoint dir).")
-        return ckpts[-1]
+        return newest_intact(ckpts)
     p = Path(resume)
     if (p / STATE_DIR / "state.json").is_file():
+        verify_checkpoint(p)
         return p
     ckpts = list_checkpoints(p)
     if ckpts:
-        return ckpts[-1]
+        return newest_intact(ckpts)
     raise SpecforgeError(f"--resume {resume}: not a checkpoint dir with {STATE_DIR}/state.json "
                          "nor a dir containing epoch_*/step_* checkpoints.")
+
+
+def verify_checkpoint(ckpt: str | Path) -> None:
+    """Read every file of a checkpoint once; a truncated or corrupt one raises :class:`SpecforgeError`."""
+    from specforge.fileio import load_safetensors
+
+    load_safetensors(Path(ckpt) / "model.safetensors")
+    load_trainer_state(ckpt)
+
+
+def newest_intact(ckpts: list[Path]) -> Path:
+    """The newest of ``ckpts`` (oldest first) that reads completely; logs each corrupt one skipped."""
+    skipped = []
+    for c in reversed(ckpts):
+        try:
+            verify_checkpoint(c)
+        except SpecforgeError as e:
+            skipped.append(c)
+            logger.warning("checkpoint %s is corrupt (%s); trying an older one", c, e)
+            continue
+        if skipped:
+            logger.warning("resuming from %s, the newest intact checkpoint (skipped corrupt %s)", c,
+                           ", ".join(x.name for x in skipped))
+        return c
+    raise SpecforgeError(f"--resume: every checkpoint in {ckpts[-1].parent} is corrupt "
+                         f"({', '.join(c.name for c in ckpts)}); train again without --resume.")
+
+
+def guard_output_dir(output_dir: str | Path, resume, overwrite: bool, is_main: bool = True) -> None:
+    """Refuse to train over another run's checkpoints unless ``--resume`` or ``--overwrite`` says so.
+
+    With ``overwrite`` the old run's checkpoints and metrics are removed first (rank 0), so no older
+    ``step_<n>/`` can later pass for the newest checkpoint. Stale temporaries of killed saves always go.
+    """
+    import shutil
+
+    from specforge.fileio import check_output_dir, clean_stale_temps
+
+    root = check_output_dir(output_dir, "--output-dir")
+    if is_main:
+        clean_stale_temps(root)
+    if resume or not root.is_dir():
+        return
+    old = sorted(p for p in root.iterdir() if _CKPT_RE.match(p.name) and p.is_dir())
+    old += [root / n for n in ("metrics.jsonl", "training_curves.png") if (root / n).is_file()]
+    if not old:
+        return
+    if not overwrite:
+        raise SpecforgeError(f"--output-dir {root} already holds a run ({', '.join(p.name for p in old[:4])}"
+                             f"{', ...' if len(old) > 4 else ''}); continue it with --resume, pick another "
+                             "--output-dir, or pass --overwrite to delete it and start over.")
+    if is_main:
+        logger.info("--overwrite: removing the previous run's %s", ", ".join(p.name for p in old))
+        for p in old:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def load_trainer_state(ckpt: str | Path, rank: int = 0) -> dict:
@@ -138,7 +194,13 @@ def load_trainer_state(ckpt: str | Path, rank: int = 0) -> dict:
 
     def _load(name):
         f = sd / name
-        return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+        if not f.is_file():
+            return None
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, bad pickle opcodes, ...: unreadable either way
+            raise SpecforgeError(f"{f}: corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__})."
+                                 ) from None
 
     rng = _load(f"rng_rank{rank}.pt") or _load("rng_rank0.pt")
     return {"state": state, "optimizer": _load("optimizer.pt"), "scheduler": _load("scheduler.pt"),
@@ -147,12 +209,12 @@ def load_trainer_state(ckpt: str | Path, rank: int = 0) -> dict:
 
 def load_draft_weights(draft: torch.nn.Module, ckpt: str | Path) -> None:
     """Load ``model.safetensors`` of a checkpoint into ``draft`` (embedding excluded, all else strict)."""
-    from safetensors.torch import load_file
+    from specforge.fileio import load_safetensors
 
     f = Path(ckpt) / "model.safetensors"
     if not f.is_file():
         raise SpecforgeError(f"{f}: missing draft weights; the checkpoint is incomplete.")
-    tensors = load_file(str(f))
+    tensors = load_safetensors(f)
     if hasattr(draft, "load_checkpoint_state"):
         draft.load_checkpoint_state(tensors, source=str(f))
         return

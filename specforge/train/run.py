@@ -79,11 +79,10 @@ def run_training(args: argparse.Namespace):
     _check_files(args)
     resolve_attention_backend(args.draft_attention_backend)  # fail fast on an unknown name
     check_tracker_available(args.report_to)
-    resume_dir = None
-    if args.resume:
-        from specforge.train.checkpoint import resolve_resume_dir
+    from specforge.train.checkpoint import guard_output_dir, resolve_resume_dir
 
-        resume_dir = resolve_resume_dir(args.resume, args.output_dir)
+    guard_output_dir(args.output_dir, args.resume, args.overwrite, dist.env_world().is_main)
+    resume_dir = resolve_resume_dir(args.resume, args.output_dir) if args.resume else None
     target_path = args.target_model_path or args.model_path or DEFAULT_TARGET
     world = dist.env_world()
     target_config = load_config(target_path)

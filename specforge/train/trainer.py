@@ -180,6 +180,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if not self.scaler.is_enabled():  # (fp16 loss scaling skips such steps itself)
+            _check_finite(self.global_step + 1, sums["loss"], grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -294,6 +296,17 @@ class Trainer:
         rec = self.evaluate()
         if rec is not None:
             self._log(rec)
+
+
+def _check_finite(step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    """Stop before a non-finite loss or gradient reaches the weights (the saved checkpoints stay intact)."""
+    loss_v, norm_v = float(loss), float(grad_norm)
+    if math.isfinite(loss_v) and math.isfinite(norm_v):
+        return
+    what = f"the loss is {loss_v}" if not math.isfinite(loss_v) else f"the gradient norm is {norm_v}"
+    raise SpecforgeError(f"step {step}: {what}; training stopped before updating the weights (checkpoints "
+                         "already saved are intact). Lower --learning-rate, keep --max-grad-norm > 0, or "
+                         "train in --dtype float32/bfloat16.")
 
 
 def _accumulate(sums: dict, metrics: dict) -> None:
