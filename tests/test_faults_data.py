@@ -119,3 +119,38 @@ def test_failed_rename_leaves_no_temp(tmp_path):
         with atomic_path(target) as t:
             t.write_text("x")
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+# ------------------------------------------------------------------------------ --view-train-data without colours
+class _Rows:
+    def __init__(self, ids, mask):
+        self.row = {"input_ids": ids, "loss_mask": mask}
+
+    def __getitem__(self, i):
+        return self.row
+
+
+@pytest.mark.parametrize("env, marked", [({}, True), ({"NO_COLOR": "1"}, True), ({"FORCE_COLOR": "1"}, False),
+                                         ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, True)])
+def test_view_marks_trained_text_when_colours_are_off(smollm2_tokenizer, monkeypatch, env, marked):
+    import io
+
+    from rich.console import Console
+
+    from specforge.data.preprocess import tokenize_conversation
+    from specforge.data.template import get_renderer
+    from specforge.data.view import view_samples
+
+    for k in ("NO_COLOR", "FORCE_COLOR", "TERM", "COLORTERM"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    tok = smollm2_tokenizer
+    ids, mask = tokenize_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                                      tok, get_renderer("smollm2"))
+    buf = io.StringIO()  # a pipe: not a terminal
+    view_samples(_Rows(ids, mask), [0], tok, console=Console(file=buf, highlight=False, soft_wrap=True))
+    out = buf.getvalue()
+    assert ("[[hello<|im_end|>\n]]" in out) == marked
+    if not marked:  # colours on: they carry the marking
+        assert "\x1b[32m" in out

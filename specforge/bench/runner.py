@@ -19,6 +19,7 @@ from specforge.bench.datasets import Sample, load_benchmark, parse_benchmark
 from specforge.bench.methods import HFGenerateMethod, ShadowDrafter, SpecMethod
 from specforge.bench.report import RecordWriter, print_table, write_plots
 from specforge.errors import SpecforgeError
+from specforge.fileio import check_output_file
 from specforge.inference.decoder import DecodeStats, SpecConfig
 from specforge.inference.drafters import Eagle3Drafter, OracleDrafter
 
@@ -46,17 +47,35 @@ class BenchOptions:
     plots: bool = True
 
 
+def max_verify_tokens(num_steps: int, topk: int) -> int:
+    """Most tokens one verification can hold: the root + every candidate an EAGLE-2 tree of ``num_steps``
+    levels drafts (``topk`` at depth 1, then ``topk**2`` per level: the topk children of the topk best)."""
+    return 1 + topk + (num_steps - 1) * topk * topk
+
+
 def parse_config(text: str) -> tuple[int, int, int, int]:
-    """``"batch,steps,topk,tokens"`` -> 4 ints (one-line error otherwise)."""
+    """``"batch,steps,topk,tokens"`` -> 4 ints (one-line error otherwise).
+
+    Steps 0 is plain decoding whatever topk/tokens say (bench labels its vanilla rows ``B,0,0,0``); with
+    steps > 0 the tokens must fit the tree: ``2 <= tokens <= max_verify_tokens(steps, topk)``.
+    """
     parts = [p.strip() for p in str(text).split(",")]
     try:
         vals = tuple(int(p) for p in parts)
     except ValueError:
         vals = ()
-    if len(vals) != 4 or vals[0] < 1 or vals[1] < 0 or vals[2] < 1 or vals[3] < 1:
+    if len(vals) != 4 or vals[0] < 1 or min(vals[1:]) < 0 or (vals[1] > 0 and vals[2] < 1):
         raise SpecforgeError(
             f"bad --config-list entry '{text}': use batch_size,num_steps,topk,num_verify_tokens "
-            "with batch >= 1, steps >= 0, topk >= 1, tokens >= 1 (e.g. 1,3,1,4)."
+            "with batch >= 1, steps >= 0, topk >= 1, tokens >= 1 (e.g. 1,3,1,4; steps 0 = no speculation)."
+        )
+    _, steps, topk, tokens = vals
+    if steps > 0 and not 2 <= tokens <= max_verify_tokens(steps, topk):
+        hi = max_verify_tokens(steps, topk)
+        shape = f"a {steps}-step chain" if topk == 1 else f"a {steps}-step top-{topk} tree"
+        raise SpecforgeError(
+            f"bad --config-list entry '{text}': {shape} verifies 2..{hi} tokens (the last emitted token + "
+            f"up to {hi - 1} drafts), got {tokens}; use num_verify_tokens in 2..{hi}."
         )
     return vals  # type: ignore[return-value]
 
@@ -162,6 +181,7 @@ def run_bench(opts: BenchOptions) -> list[dict]:
 
     for spec in opts.benchmarks:
         parse_benchmark(spec)  # fail fast on a typo, before loading models
+    check_output_file(opts.output, "--output")  # and on a place that cannot be written, before measuring
     if any(c[1] > 0 for c in opts.configs) and not opts.draft_path:
         raise SpecforgeError("configs with num_steps > 0 need --speculative-draft-model-path "
                              "(a draft checkpoint dir, or 'oracle' to measure the decoder's ceiling).")

@@ -17,26 +17,40 @@ def mask_runs(input_ids: Sequence[int], loss_mask: Sequence[int]) -> list[tuple[
     return runs
 
 
-def render_sample(input_ids: Sequence[int], loss_mask: Sequence[int], tokenizer):
-    """A ``rich.text.Text`` of the decoded sample, green where ``loss_mask == 1`` and red where 0."""
+# Without colours (a pipe, a file, NO_COLOR) the trained text is bracketed instead.
+PLAIN_MARKS = ("[[", "]]")
+
+
+def render_sample(input_ids: Sequence[int], loss_mask: Sequence[int], tokenizer, marks: bool = False):
+    """A ``rich.text.Text`` of the decoded sample, green where ``loss_mask == 1`` and red where 0; with
+    ``marks`` the ``loss_mask == 1`` runs are also wrapped in :data:`PLAIN_MARKS`."""
     from rich.text import Text
 
     text = Text()
     for m, ids in mask_runs(input_ids, loss_mask):
         # Decode whole runs, not single tokens, so multi-token characters and spacing come out right.
-        text.append(tokenizer.decode(ids, skip_special_tokens=False), style="green" if m else "red")
+        piece = tokenizer.decode(ids, skip_special_tokens=False)
+        if m and marks:
+            piece = PLAIN_MARKS[0] + piece + PLAIN_MARKS[1]
+        text.append(piece, style="green" if m else "red")
     return text
 
 
 def view_samples(dataset, indices: Sequence[int], tokenizer, console=None) -> None:
-    """Print ``dataset[i]`` for each index with a one-line header (tokens, loss tokens)."""
+    """Print ``dataset[i]`` for each index with a one-line header (tokens, loss tokens).
+
+    Colours follow rich's rules (terminal detection, ``NO_COLOR``, ``FORCE_COLOR``); when they are off the
+    trained spans are marked in plain text so a piped or paged view still shows them.
+    """
     from rich.console import Console
     from rich.rule import Rule
 
     console = console or Console(highlight=False, soft_wrap=True)
+    marks = console.no_color or console.color_system is None
+    legend = f"{PLAIN_MARKS[0]}trained{PLAIN_MARKS[1]} = 1, rest = 0" if marks else "green = 1, red = 0"
     for i in indices:
         row = dataset[int(i)]
         n_loss = sum(int(x) for x in row["loss_mask"])
         console.print(Rule(f"train sample {i}: {len(row['input_ids'])} tokens, {n_loss} with loss_mask=1 "
-                           "(green = 1, red = 0)"))
-        console.print(render_sample(row["input_ids"], row["loss_mask"], tokenizer))
+                           f"({legend})"))
+        console.print(render_sample(row["input_ids"], row["loss_mask"], tokenizer, marks))

@@ -124,6 +124,7 @@ def load_source(directory: str | os.PathLike) -> DraftSource:
     if not d.is_dir():
         raise SpecforgeError(f"--checkpoint {d}: not a directory; pass an epoch_<i>/ dir or an export.")
     cfg = spec.read_json(d / "config.json")
+    spec.check_is_draft(d, cfg)
     layout = spec.detect_layout(d, cfg)
     return source_from_dict(cfg, spec.read_tensors(d), layout, str(d))
 

@@ -178,16 +178,28 @@ def weight_files(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob("*.safetensors"))
 
 
+def check_is_draft(directory: Path, cfg: dict) -> None:
+    """Refuse a target model's directory passed where a draft belongs (say so, instead of a shape error)."""
+    archs = cfg.get("architectures") or []
+    layers = cfg.get("num_hidden_layers")
+    if not archs or archs[0] in (ARCH, SPECULATORS_ARCH) or "speculators_model_type" in cfg \
+            or "Eagle" in str(archs[0]) or not (isinstance(layers, int) and layers > 1):
+        return
+    raise SpecforgeError(f"{directory}: is a target model ({archs[0]}, {layers} layers), not an EAGLE-3 draft; "
+                         "pass a draft checkpoint (OUTPUT_DIR/epoch_<i>) or an export, and give the target "
+                         "with --target-model-path / --model-path.")
+
+
 def read_tensors(directory: Path) -> dict:
     """All tensors of a draft dir (safetensors only, never pickle); duplicate names are an error."""
-    from safetensors.torch import load_file
+    from specforge.fileio import load_safetensors
 
     files = weight_files(directory)
     if not files:
         raise SpecforgeError(f"{directory}: no *.safetensors weights; re-export or re-train the checkpoint.")
     out: dict = {}
     for f in files:
-        for k, v in load_file(str(f)).items():
+        for k, v in load_safetensors(f).items():
             if k in out:
                 raise SpecforgeError(f"{directory}: tensor '{k}' appears in two weight files; keep one.")
             out[k] = v

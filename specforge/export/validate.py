@@ -135,6 +135,23 @@ def _check_tensors(tensors: dict, dims: spec.DraftDims, prefix: str) -> list[Che
     return out
 
 
+def _check_finite(tensors: dict) -> Check:
+    """NaN/inf weights load fine everywhere and then decode garbage: a draft must be all finite."""
+    import torch
+
+    bad = []
+    for k, v in tensors.items():
+        if v.is_floating_point() and not v.is_meta:
+            n = int((~torch.isfinite(v)).sum())
+            if n:
+                bad.append(f"{k} ({n} of {v.numel()})")
+    if bad:
+        return Check("finite weights", FAIL, f"NaN/inf values in {', '.join(bad[:4])}"
+                     f"{', ...' if len(bad) > 4 else ''}: the draft would propose garbage",
+                     "retrain from an earlier checkpoint with a lower --learning-rate")
+    return Check("finite weights", PASS, "no NaN/inf")
+
+
 def _check_vocab_map(tensors: dict, dims: spec.DraftDims) -> list[Check]:
     import torch
 
@@ -259,6 +276,7 @@ def check_draft(config: dict, tensors: dict, layout: str = "eagle3", manifest: d
             and any(k.startswith("layers.0.") for k in tensors):
         prefix = "layers.0."
     out += _check_tensors(tensors, dims, prefix)
+    out.append(_check_finite(tensors))
     out += _check_vocab_map(tensors, dims)
     out.append(_check_norm(config, flat, layout))
     out.append(_check_aux_ids(config, layout, manifest, target))
@@ -315,6 +333,7 @@ def validate_directory(directory: str | os.PathLike, target_model_path: str | No
     if not d.is_dir():
         raise SpecforgeError(f"{d}: not a directory; pass an exported or trained draft directory.")
     cfg = spec.read_json(d / "config.json")
+    spec.check_is_draft(d, cfg)
     if layout in ("auto", None):
         layout = spec.detect_layout(d, cfg)
     if layout not in spec.LAYOUTS:

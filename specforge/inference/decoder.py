@@ -45,10 +45,10 @@ class SpecConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.num_steps < 0 or self.topk < 1 or self.num_verify_tokens < 1:
+        if self.num_steps < 0 or min(self.topk, self.num_verify_tokens) < (1 if self.num_steps else 0):
             raise SpecforgeError(
                 f"bad speculative config steps={self.num_steps} topk={self.topk} "
-                f"tokens={self.num_verify_tokens}: need steps >= 0, topk >= 1, tokens >= 1."
+                f"tokens={self.num_verify_tokens}: need steps >= 0, topk >= 1, tokens >= 1 (any with steps 0)."
             )
 
 
