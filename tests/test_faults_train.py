@@ -184,3 +184,56 @@ def test_checkpoint_save_on_a_full_disk_is_one_line(tmp_path, capsys, monkeypatc
 
     assert "No space left on device" in describe_os_error(e.value)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.startswith("epoch")]
+
+
+# ------------------------------------------------------------------------------ draft configs
+DRAFT = {"architectures": ["LlamaForCausalLMEagle3"], "hidden_size": 64, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 128, "num_hidden_layers": 1, "vocab_size": 49152,
+         "draft_vocab_size": 64}
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"num_attention_heads": 5}, "hidden_size 64 is not divisible by num_attention_heads 5"),
+    ({"num_key_value_heads": 3}, "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    ({"hidden_size": "64"}, "hidden_size must be a positive integer, got '64'"),
+    ({"intermediate_size": -1}, "intermediate_size must be a positive integer, got -1"),
+    ({"hidden_size": None}, "missing hidden_size"),
+    ({"vocab_size": None}, "missing vocab_size"),
+])
+def test_draft_config_errors_are_one_line(tiny_target_dir, tmp_path, capsys, edit, needle):
+    cfg = {k: v for k, v in {**DRAFT, **edit}.items() if v is not None}
+    path = tmp_path / "draft.json"
+    path.write_text(json.dumps(cfg))
+    rc = main(train_argv(tiny_target_dir, write_rows(tmp_path / "t.jsonl", [GOOD]), tmp_path / "o", tmp_path / "c",
+                         "--draft-model-config", str(path)))
+    line = last_error(capsys)
+    assert rc == 2 and str(path) in line and needle in line
+    assert "4096" not in line and "32000" not in line  # never a default the user did not write
+
+
+def test_train_input_not_utf8(tiny_target_dir, tmp_path, capsys):
+    bad = tmp_path / "t.jsonl"
+    bad.write_bytes(json.dumps({"conversations": GOOD}).encode()[:-3] + b"\xff\"}]}\n")
+    rc = main(train_argv(tiny_target_dir, str(bad), tmp_path / "o", tmp_path / "c"))
+    line = last_error(capsys)
+    assert rc == 2 and str(bad) in line and "UTF-8" in line
+
+
+def test_cache_dir_that_is_a_file_and_full_disk(tiny_target_dir, tmp_path, capsys, monkeypatch):
+    data = write_rows(tmp_path / "t.jsonl", [GOOD])
+    (tmp_path / "file").write_text("x")
+    base = ["build-cache", "--target-model-path", tiny_target_dir, "--train-data-path", data]
+    assert main([*base, "--cache-dir", str(tmp_path / "file")]) == 2
+    assert "file" in last_error(capsys)
+    import safetensors.torch
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    cache = tmp_path / "c"
+    stale = cache / f".eagle3-0123.tmp-{2 ** 22 + 9}-abc"  # left by a killed build
+    stale.mkdir(parents=True)
+    assert main([*base, "--cache-dir", str(cache)]) == 2
+    assert "No space left on device" in last_error(capsys)
+    assert list(cache.iterdir()) == []  # neither the half-built cache nor the old leftover

@@ -92,7 +92,14 @@ class AutoDraftModelConfig:
         if archs[0] not in cls._config_mapping:
             raise SpecforgeError(
                 f"{source}: unknown draft architecture '{archs[0]}'; known: {', '.join(sorted(cls._config_mapping))}.")
-        return cls._config_mapping[archs[0]].from_dict(dict(data))
+        config_cls = cls._config_mapping[archs[0]]
+        if issubclass(config_cls, LlamaConfig):
+            check_llama_draft_fields(data, source)
+        try:
+            return config_cls.from_dict(dict(data))
+        except (TypeError, ValueError) as e:  # the config library's own validators (StrictDataclass*, ...)
+            detail = " ".join(str(e).split())[:300]
+            raise SpecforgeError(f"{source}: invalid draft config ({detail}); fix the file.") from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike):
@@ -125,6 +132,32 @@ class AutoDistributedTargetModel(_AutoModelBase):
     def from_config(cls, config, **kwargs):
         """Instantiate the registered TP target for ``config`` (weights via ``load_weights``)."""
         return cls._get_model_class(config)(config, **kwargs)
+
+
+# Fields a Llama-style draft config must spell out: the config class would otherwise fill in Llama-2-7B
+# defaults (hidden 4096, vocab 32000, ...) and the error would blame values the user never wrote.
+_REQUIRED_INTS = ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+_OPTIONAL_INTS = ("num_key_value_heads", "head_dim", "draft_vocab_size", "target_hidden_size", "num_hidden_layers",
+                  "max_position_embeddings")
+
+
+def check_llama_draft_fields(data: dict, source: str = "draft config") -> None:
+    """One clear line for a missing, non-integer or inconsistent field of a Llama-style draft config."""
+    missing = [k for k in _REQUIRED_INTS if data.get(k) is None]
+    if missing:
+        raise SpecforgeError(f"{source}: missing {', '.join(missing)}; a draft config must set them (use the "
+                             "target's values, or omit --draft-model-config to derive a config from the target).")
+    for k in _REQUIRED_INTS + _OPTIONAL_INTS:
+        v = data.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise SpecforgeError(f"{source}: {k} must be a positive integer, got {v!r}; fix the file.")
+    heads, kv = data["num_attention_heads"], data.get("num_key_value_heads") or data["num_attention_heads"]
+    if data.get("head_dim") is None and data["hidden_size"] % heads:
+        raise SpecforgeError(f"{source}: hidden_size {data['hidden_size']} is not divisible by num_attention_heads "
+                             f"{heads}; use the target's values (or set head_dim).")
+    if heads % kv:
+        raise SpecforgeError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}; "
+                             "use the target's values.")
 
 
 def _text_config(config):
