@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from specforge.cli import main
-from specforge.fileio import atomic_path, clean_stale_temps
+from specforge.fileio import atomic_path
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sharegpt_small.json"
 
@@ -92,6 +92,8 @@ def test_disk_full_or_read_only_is_one_line_and_leaves_nothing(tmp_path, capsys,
 
 
 def test_stale_temps_of_dead_processes_are_removed(tmp_path):
+    from specforge.fileio import clean_stale_temps
+
     dead = 2 ** 22 + 12345  # above the default pid_max: never a live process
     mine = tmp_path / f".ckpt.tmp-{os.getpid()}-abc"
     stale = tmp_path / f".ckpt.tmp-{dead}-xyz"

@@ -126,6 +126,10 @@ def read_json(path: Path) -> dict:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecforgeError(f"{path}: not found; is this a draft checkpoint/export directory?") from None
+    except UnicodeDecodeError as e:
+        from specforge.fileio import not_utf8
+
+        raise not_utf8(path, e) from None
     except (OSError, json.JSONDecodeError) as e:
         raise SpecforgeError(f"{path}: unreadable JSON ({e}); re-export the draft.") from None
     if not isinstance(data, dict):
