@@ -269,7 +269,7 @@ def load_safetensors(path: str | os.PathLike) -> dict:
         return load_file(str(path))
     except FileNotFoundError:
         raise SpecforgeError(f"{path}: file not found; the checkpoint is incomplete.") from None
-    except Exception as e:  # SafetensorError / OSError / ValueError, depending on what is broken
+    except Exception as e:  # noqa: BLE001 - SafetensorError / OSError / ValueError, by what is broken
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SpecforgeError(f"{path}: corrupt or truncated safetensors file ({msg}); re-train, re-export or "
                              "copy the checkpoint again.") from None

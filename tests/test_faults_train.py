@@ -48,6 +48,12 @@ def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
     assert (out / "step_4").is_dir() and (out / "metrics.jsonl").read_text().startswith('{"split"')
 
 
+def test_overwrite_and_resume_together_are_refused(tmp_path, capsys):
+    rc = main(train_argv("/unused", write_rows(tmp_path / "t.jsonl", [GOOD]), tmp_path / "o", tmp_path / "c",
+                         "--overwrite", "--resume"))
+    assert rc == 2 and "pass one of them" in last_error(capsys)
+
+
 def test_overwrite_removes_the_old_run_and_temps(tmp_path):
     out = tmp_path / "run"
     for d in ("step_4", "step_8", "epoch_0", f".step_8.tmp-{2 ** 22 + 7}-abc", "runs"):
@@ -109,8 +115,14 @@ def test_non_finite_loss_stops_training_before_the_update(tmp_path):
 def test_non_finite_gradient_stops_training(tmp_path):
     tr = make_trainer(tmp_path, batch_size=2, num_epochs=1, max_grad_norm=0.0)
     real = tr.forward_fn
-    tr.forward_fn = lambda b: (lambda lm: (lm[0] * torch.tensor(float("inf")).clamp(max=1e38) * 1e38, lm[1]))(real(b))
-    with pytest.raises(SpecforgeError, match="step 1: the (gradient norm|loss) is inf"):
+
+    def bad_gradient(batch):  # finite loss (sqrt(0) = 0) whose gradient is 0 * inf = nan
+        loss, metrics = real(batch)
+        w = tr.draft.fc.weight
+        return loss + 0.0 * torch.sqrt((w - w.detach()).sum()), metrics
+
+    tr.forward_fn = bad_gradient
+    with pytest.raises(SpecforgeError, match="step 1: the gradient norm is nan"):
         tr.fit()
 
 

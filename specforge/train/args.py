@@ -117,5 +117,7 @@ def validate_args(args: argparse.Namespace) -> None:
         raise SpecforgeError(f"--mem-frac must be in (0, 1] (got {args.mem_frac}).")
     if args.dist_timeout <= 0:
         raise SpecforgeError(f"--dist-timeout must be > 0 minutes (got {args.dist_timeout}).")
+    if args.overwrite and args.resume:
+        raise SpecforgeError("--overwrite deletes the run that --resume would continue; pass one of them.")
     if args.eval_interval and not args.eval_data_path:
         raise SpecforgeError("--eval-interval needs --eval-data-path (there is nothing to evaluate on).")

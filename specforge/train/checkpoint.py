@@ -198,7 +198,7 @@ def load_trainer_state(ckpt: str | Path, rank: int = 0) -> dict:
             return None
         try:
             return torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated zip, bad pickle opcodes, ...: unreadable either way
+        except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle opcodes, ...: unreadable either way
             raise SpecforgeError(f"{f}: corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__})."
                                  ) from None
 
