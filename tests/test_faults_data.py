@@ -18,6 +18,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "sharegpt_small.json"
 
 
 def last_error(capsys) -> str:
+    """The last stderr line of a failed command: one line, no traceback anywhere (shared by test_faults_*)."""
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "Traceback" not in "\n".join(err)
     return err[-1]

@@ -11,25 +11,12 @@ import shutil
 import pytest
 import torch
 from test_bench_cli import tiny_draft_dir  # noqa: F401  (shared fixture)
-from test_export import draft_tensors, target_dir, write_ckpt  # noqa: F401  (target_dir is a shared fixture)
+from test_export import _one_thread, draft_tensors, target_dir, write_ckpt  # noqa: F401  (shared fixtures)
+from test_faults_data import last_error
 
 from specforge.bench.runner import parse_config
 from specforge.cli import main
 from specforge.errors import SpecforgeError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def last_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err)
-    return err[-1]
 
 
 def nan_ckpt(tmp_path):

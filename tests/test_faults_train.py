@@ -10,17 +10,12 @@ import os
 
 import pytest
 import torch
+from test_faults_data import last_error
 from test_train_loop import make_trainer
 
 from specforge.cli import main
 from specforge.errors import SpecforgeError
 from specforge.train import checkpoint as ckpt
-
-
-def last_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err)
-    return err[-1]
 
 
 def write_rows(path, convs):
