@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # Temporaries are named ".<final name>.tmp-<pid>-<random>" (and ".<name>.old-<pid>" while a directory is
 # being replaced), so a later run can tell a leftover of a killed process from one still being written.
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)(?:-.*)?|[^-]*)$")
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)(?:-.*)?|[^-]*)$")
 STALE_AGE_S = 3600.0  # leftovers without a pid in their name (older releases) count as stale after this
 
 
@@ -61,10 +61,16 @@ def clean_stale_temps(directory: str | os.PathLike, pattern: str = "*") -> list[
                 now - p.lstat().st_mtime > STALE_AGE_S
         except OSError:
             continue
-        if stale:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-            removed.append(p)
-            logger.info("removed %s, left behind by an interrupted run", p)
+        if not stale:
+            continue
+        final = d / m.group("name")
+        if m.group("kind") == "old" and not final.exists():  # killed mid-replace: the old copy is all there is
+            os.replace(p, final)
+            logger.info("restored %s from %s, left behind by an interrupted run", final, p.name)
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        removed.append(p)
+        logger.info("removed %s, left behind by an interrupted run", p)
     return removed
 
 
@@ -85,10 +91,10 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+    old = None
     try:
         yield tmp
         if is_dir:
-            old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.replace(path, old)
@@ -99,6 +105,8 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
     except BaseException as e:
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)  # the replacement failed: put the previous copy back
         shutil.rmtree(tmp, ignore_errors=True) if is_dir else tmp.unlink(missing_ok=True)
         for d in created:  # a failed write leaves no directories it made either
             try:

@@ -115,6 +115,39 @@ def test_stale_temps_of_dead_processes_are_removed(tmp_path):
     assert not foreign.exists() and (tmp_path / "unrelated" / "f").read_text() == "1"
 
 
+def test_killed_mid_replace_restores_the_previous_copy(tmp_path):
+    from specforge.fileio import clean_stale_temps
+
+    dead = 2 ** 22 + 777
+    old = tmp_path / f".export.old-{dead}"  # the old export was moved aside, then the process died
+    old.mkdir()
+    (old / "model.safetensors").write_text("weights")
+    (tmp_path / f".export.tmp-{dead}-abc").mkdir()
+    clean_stale_temps(tmp_path, "export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert (tmp_path / "export" / "model.safetensors").read_text() == "weights"
+
+
+def test_failed_dir_replace_puts_the_old_copy_back(tmp_path, monkeypatch):
+    import specforge.fileio as fileio
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "f").write_text("old")
+    real = fileio.os.replace
+
+    def fail_second(src, dst):
+        if str(src).startswith(str(tmp_path / ".ckpt.tmp-")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", fail_second)
+    with pytest.raises(OSError):
+        with atomic_path(d, is_dir=True) as t:
+            (t / "f").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"] and (d / "f").read_text() == "old"
+
+
 def test_failed_rename_leaves_no_temp(tmp_path):
     target = tmp_path / "out.jsonl"
     target.mkdir()  # a directory in the way: the final rename fails
