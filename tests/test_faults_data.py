@@ -171,11 +171,9 @@ class _Rows:
 def test_view_marks_trained_text_when_colours_are_off(smollm2_tokenizer, monkeypatch, env, marked):
     import io
 
-    from rich.console import Console
-
     from specforge.data.preprocess import tokenize_conversation
     from specforge.data.template import get_renderer
-    from specforge.data.view import view_samples
+    from specforge.data.view import make_console, view_samples
 
     for k in ("NO_COLOR", "FORCE_COLOR", "TERM", "COLORTERM"):
         monkeypatch.delenv(k, raising=False)
@@ -185,8 +183,9 @@ def test_view_marks_trained_text_when_colours_are_off(smollm2_tokenizer, monkeyp
     ids, mask = tokenize_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
                                       tok, get_renderer("smollm2"))
     buf = io.StringIO()  # a pipe: not a terminal
-    view_samples(_Rows(ids, mask), [0], tok, console=Console(file=buf, highlight=False, soft_wrap=True))
+    view_samples(_Rows(ids, mask), [0], tok, console=make_console(buf))
     out = buf.getvalue()
     assert ("[[hello<|im_end|>\n]]" in out) == marked
+    assert ("([[trained]] = 1, rest = 0)" in out) == marked  # the legend says what the marks mean
     if not marked:  # colours on: they carry the marking
         assert "\x1b[32m" in out

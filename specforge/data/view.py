@@ -36,21 +36,32 @@ def render_sample(input_ids: Sequence[int], loss_mask: Sequence[int], tokenizer,
     return text
 
 
+def make_console(file=None):
+    """A rich Console that honours ``NO_COLOR`` / ``FORCE_COLOR`` as set now (read here, not at import)."""
+    import os
+
+    from rich.console import Console
+
+    force = os.environ.get("FORCE_COLOR")
+    return Console(file=file, highlight=False, soft_wrap=True, no_color=os.environ.get("NO_COLOR", "") != "",
+                   force_terminal=None if force is None else force != "")
+
+
 def view_samples(dataset, indices: Sequence[int], tokenizer, console=None) -> None:
     """Print ``dataset[i]`` for each index with a one-line header (tokens, loss tokens).
 
     Colours follow rich's rules (terminal detection, ``NO_COLOR``, ``FORCE_COLOR``); when they are off the
     trained spans are marked in plain text so a piped or paged view still shows them.
     """
-    from rich.console import Console
+    from rich.markup import escape
     from rich.rule import Rule
 
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or make_console()
     marks = console.no_color or console.color_system is None
     legend = f"{PLAIN_MARKS[0]}trained{PLAIN_MARKS[1]} = 1, rest = 0" if marks else "green = 1, red = 0"
     for i in indices:
         row = dataset[int(i)]
         n_loss = sum(int(x) for x in row["loss_mask"])
-        console.print(Rule(f"train sample {i}: {len(row['input_ids'])} tokens, {n_loss} with loss_mask=1 "
-                           f"({legend})"))
+        console.print(Rule(escape(f"train sample {i}: {len(row['input_ids'])} tokens, {n_loss} with loss_mask=1 "
+                                  f"({legend})")))
         console.print(render_sample(row["input_ids"], row["loss_mask"], tokenizer, marks))
