@@ -189,7 +189,8 @@ def check_supervised(meta: dict, max_length: int, allow: bool = False) -> None:
                f"{st.get('truncated_rows', '?')} cut by --max-length {max_length}); check that the assistant "
                "turns have text and fit in --max-length")
         if not allow:
-            raise SpecforgeError(msg + " (build-cache --allow-no-supervised-tokens builds such a cache anyway).")
+            raise SpecforgeError(msg + " (`build-cache --allow-no-supervised-tokens` builds it anyway for "
+                                 "inspection; train never uses it).")
         logger.warning("WARNING: %s; a draft cannot be trained on it.", msg)
 
 
