@@ -14,10 +14,11 @@ import json
 import os
 from pathlib import Path
 
-from transformers import LlamaConfig
+from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
 from specforge.errors import SpecforgeError
 from specforge.modeling.draft.llama3_eagle import LlamaForCausalLMEagle3
+from specforge.modeling.target.llama_tp import LlamaTPForCausalLM, Qwen2TPForCausalLM, Qwen3TPForCausalLM
 
 DRAFT_ARCH = "LlamaForCausalLMEagle3"
 
@@ -122,15 +123,20 @@ class AutoDraftModelConfig:
 class AutoDistributedTargetModel(_AutoModelBase):
     """Tensor-parallel target implementations (``DistributedTargetModel`` subclasses) by config class.
 
-    Empty by default: the HF backend serves single-process training; ``--tp-size > 1`` needs an entry.
+    The HF backend serves ``--tp-size 1``; ``--tp-size > 1`` builds the class registered here with a
+    ``tp_group`` and loads its shards (:func:`specforge.modeling.loading.load_tp_target`).
     """
 
-    _model_mapping: dict = {}
+    _model_mapping: dict = {
+        LlamaConfig: [LlamaTPForCausalLM],
+        Qwen2Config: [Qwen2TPForCausalLM],
+        Qwen3Config: [Qwen3TPForCausalLM],
+    }
     _kind = "tensor-parallel target model"
 
     @classmethod
     def from_config(cls, config, **kwargs):
-        """Instantiate the registered TP target for ``config`` (weights via ``load_weights``)."""
+        """Instantiate the registered TP target for ``config`` (``tp_group=`` in kwargs; weights via ``load_weights``)."""
         return cls._get_model_class(config)(config, **kwargs)
 
 

@@ -210,3 +210,76 @@ def load_target_model(name_or_path: str, dtype=None, device: str = "cpu"):
     model.to(torch.device(device)).eval()
     model.requires_grad_(False)
     return model
+
+
+class SafetensorsSlices:
+    """Read-only name -> lazy slice mapping over a model directory's safetensors file(s).
+
+    ``mapping[name]`` is ``safe_open(...).get_slice(name)``: indexing it (``s[a:b]``, ``s[:, a:b]``)
+    reads only those bytes, so a tensor-parallel rank loads its own shard, never the whole model.
+    Handles ``model.safetensors`` and sharded ``model.safetensors.index.json`` checkpoints.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike):
+        import json
+
+        root = Path(model_dir)
+        index = root / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = {name: root / f for name, f in weight_map.items()}
+        elif (root / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(root / "model.safetensors"), framework="pt") as f:
+                files = {name: root / "model.safetensors" for name in f.keys()}
+        else:
+            raise SpecforgeError(f"{root} has no model.safetensors (or index); tensor parallelism loads "
+                                 "safetensors checkpoints only.")
+        self._files, self._open = files, {}
+
+    def keys(self):
+        return self._files.keys()
+
+    def __contains__(self, name) -> bool:
+        return name in self._files
+
+    def __getitem__(self, name: str):
+        from safetensors import safe_open
+
+        f = self._files[name]
+        if f not in self._open:
+            self._open[f] = safe_open(str(f), framework="pt", device="cpu")
+        return self._open[f].get_slice(name)
+
+
+def load_tp_target(name_or_path: str, tp_group, dtype=None, device: str = "cpu"):
+    """Build the registered tensor-parallel target for ``name_or_path`` and load this rank's shards.
+
+    Parameters are created on the meta device (buffers such as RoPE frequencies normally), then
+    allocated at their *sharded* size on ``device`` and filled from lazy safetensors slices: no rank
+    ever holds the full model. Returns the model in eval mode with gradients disabled.
+    """
+    import torch
+    from accelerate import init_empty_weights
+
+    from specforge.modeling.auto import AutoDistributedTargetModel
+
+    config = load_config(name_or_path)
+    path = resolve_model_path(name_or_path)
+    if not os.path.isdir(path):
+        raise SpecforgeError(f"tensor parallelism needs a local model directory; {name_or_path} is not one.")
+    if isinstance(dtype, str) or dtype is None:
+        dtype = resolve_dtype(dtype, device)
+    cls = AutoDistributedTargetModel._get_model_class(config)
+    with init_empty_weights(include_buffers=False):
+        model = cls(config, tp_group=tp_group)
+    for module in model.modules():
+        for pname, p in list(module._parameters.items()):
+            if p is not None and p.is_meta:
+                module._parameters[pname] = torch.nn.Parameter(
+                    torch.empty(p.shape, dtype=dtype, device=device), requires_grad=False)
+    model.load_weights(SafetensorsSlices(path))
+    model.to(torch.device(device)).eval()
+    model.requires_grad_(False)
+    return model

@@ -2,6 +2,14 @@
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) it initialises the default group (gloo on CPU, nccl on CUDA)
 with the ``--dist-timeout`` in minutes; single-process runs never touch torch.distributed.
+
+With ``--tp-size T`` the world of ``W = T x D`` ranks is a ``(dp=D, tp=T)`` device mesh: ranks
+``[d*T, (d+1)*T)`` form tensor-parallel group ``d`` (consecutive ranks, so a TP group stays inside
+a node when ``T`` divides the processes per node). Every rank of a TP group reads the same batch
+(data position = the DP index), runs its shard of the one target forward and gets the full aux
+states; the draft is replicated on all ranks and DDP averages its gradients over the whole world,
+which equals the average over the D data-parallel replicas because the T ranks of a group hold
+identical gradients.
 """
 
 from __future__ import annotations
@@ -9,7 +17,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,10 +34,27 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    tp_size: int = 1
+    tp_group: Any = field(default=None, compare=False, repr=False)  # None when tp_size == 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def tp_rank(self) -> int:
+        """Rank inside this process's tensor-parallel group."""
+        return self.rank % self.tp_size
+
+    @property
+    def dp_rank(self) -> int:
+        """Index of this process's data-parallel replica (its TP group); picks its data shard."""
+        return self.rank // self.tp_size
+
+    @property
+    def dp_size(self) -> int:
+        """Number of data-parallel replicas (``world_size // tp_size``)."""
+        return self.world_size // self.tp_size
 
     @property
     def enabled(self) -> bool:
@@ -41,12 +67,22 @@ def env_world() -> DistInfo:
                     int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def init_distributed(device: str, timeout_minutes: float) -> DistInfo:
-    """Initialise the default process group when launched with more than one process.
+def check_tp_size(tp_size: int, world_size: int) -> None:
+    """One clear line when ``tp_size`` cannot split ``world_size`` processes into TP groups."""
+    if tp_size < 1 or world_size % tp_size:
+        raise SpecforgeError(
+            f"--tp-size {tp_size} does not divide the world size {world_size} (world = tp x dp); launch "
+            f"torchrun with a multiple of {tp_size} processes in all, or change --tp-size.")
+
+
+def init_distributed(device: str, timeout_minutes: float, tp_size: int = 1) -> DistInfo:
+    """Initialise the default process group when launched with more than one process, and with
+    ``tp_size > 1`` the ``(dp, tp)`` device mesh whose ``tp`` groups the TP target layers use.
 
     ``device`` is the resolved device string; on CUDA each rank takes ``cuda:LOCAL_RANK``.
     """
     info = env_world()
+    check_tp_size(tp_size, info.world_size)
     if not info.enabled:
         return info
     import torch.distributed as dist
@@ -61,6 +97,14 @@ def init_distributed(device: str, timeout_minutes: float) -> DistInfo:
             raise SpecforgeError(f"cannot initialise torch.distributed ({backend}): {e}".splitlines()[0]) from None
         logger.info("torch.distributed: %s, world size %d, timeout %s min", backend, info.world_size,
                     timeout_minutes)
+    if tp_size > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(torch.device(device).type, (info.world_size // tp_size, tp_size),
+                                mesh_dim_names=("dp", "tp"))
+        info = DistInfo(info.rank, info.world_size, info.local_rank, tp_size, mesh["tp"].get_group())
+        logger.info("tensor parallel: %d groups of %d ranks (this rank: group %d, tp rank %d)", info.dp_size,
+                    tp_size, info.dp_rank, info.tp_rank)
     return info
 
 
