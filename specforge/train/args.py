@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--dtype", default="auto",
                    help="compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16; draft master weights stay fp32")
     r.add_argument("--tp-size", type=int, default=1,
-                   help="tensor-parallel size of the target; must equal the torchrun world size and need a registered TP target")
+                   help="tensor-parallel size of the target: the torchrun world splits into world/tp data-parallel groups of tp "
+                        "ranks that share one sharded target forward; needs a registered TP target class (Llama, Qwen2, Qwen3 built in)")
     r.add_argument("--mem-frac", type=float, default=None,
                    help="upper bound on the fraction of CUDA memory this process may use (CUDA only)")
     r.add_argument("--dist-timeout", type=float, default=30,

@@ -26,28 +26,25 @@ def _check_files(args: argparse.Namespace) -> None:
 
 
 def _check_tp(args: argparse.Namespace, world_size: int, target_config) -> None:
-    """``--tp-size`` must equal the torchrun world size and name a registered TP target class."""
+    """``--tp-size`` must divide the torchrun world size and the target's heads, and name a registered
+    TP target class (one clear line each, before any process group or model exists)."""
     if args.tp_size == 1:
         return
-    if world_size != args.tp_size:
-        raise SpecforgeError(
-            f"--tp-size {args.tp_size} needs {args.tp_size} processes (torchrun --nproc_per_node {args.tp_size}) "
-            f"but this run has world size {world_size}; use --tp-size 1 or launch with torchrun."
-        )
     from specforge.modeling import auto
+    from specforge.modeling.target.base import check_tp_layout
+    from specforge.train.dist import check_tp_size
 
     try:
         auto.AutoDistributedTargetModel._get_model_class(target_config)
     except SpecforgeError:
         raise SpecforgeError(
             f"--tp-size {args.tp_size}: no tensor-parallel target is registered for model type "
-            f"'{getattr(target_config, 'model_type', '?')}' in AutoDistributedTargetModel._model_mapping; "
-            "register a DistributedTargetModel subclass or use --tp-size 1 (data parallel)."
+            f"'{getattr(target_config, 'model_type', '?')}' ({type(target_config).__name__}) in "
+            "AutoDistributedTargetModel._model_mapping; register a DistributedTargetModel subclass "
+            "(examples/custom_tp_target.py) or use --tp-size 1 (data parallel)."
         ) from None
-    raise SpecforgeError(
-        f"--tp-size {args.tp_size}: tensor-parallel targets are not wired into training yet; "
-        "use --tp-size 1 (torchrun then runs data parallel over the processes)."
-    )
+    check_tp_layout(target_config, args.tp_size)
+    check_tp_size(args.tp_size, world_size)
 
 
 def _apply_mem_frac(args: argparse.Namespace, device: str) -> None:
@@ -67,7 +64,7 @@ def run_training(args: argparse.Namespace):
     import torch
 
     from specforge.modeling.loading import (DEFAULT_TARGET, load_config, load_target_model, load_tokenizer,
-                                            resolve_device, resolve_dtype)
+                                            load_tp_target, resolve_device, resolve_dtype)
     from specforge.train import dist
     from specforge.modeling.target import HFEagle3TargetModel
     from specforge.train.components import (build_draft, build_draft_config, build_ttt, make_forward_fn,
@@ -91,7 +88,7 @@ def run_training(args: argparse.Namespace):
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     backend = resolve_attention_backend(args.draft_attention_backend, device)
-    info = dist.init_distributed(device, args.dist_timeout)
+    info = dist.init_distributed(device, args.dist_timeout, tp_size=args.tp_size)
     device = dist.rank_device(device, info)
     _apply_mem_frac(args, device)
     try:
@@ -113,7 +110,10 @@ def run_training(args: argparse.Namespace):
         logger.info("dataset cache %s: %d train rows%s", cache.path, len(cache.train),
                     f", {len(cache.eval)} eval rows" if cache.eval is not None else "")
 
-        target_lm = load_target_model(target_path, dtype=dtype, device=device)
+        if info.tp_size > 1:  # this rank's shards of the registered TP class, straight from safetensors
+            target_lm = load_tp_target(target_path, info.tp_group, dtype=dtype, device=device)
+        else:
+            target_lm = load_target_model(target_path, dtype=dtype, device=device)
         target = HFEagle3TargetModel(target_lm, draft_config=draft_config)
         torch.manual_seed(args.seed)  # the draft's initial weights depend on --seed only
         draft = build_draft(draft_config, target_lm, cache, device)

@@ -85,7 +85,7 @@ class Trainer:
         if not self.train_lengths:
             raise SpecforgeError("the training set is empty; check --train-data-path.")
         self.batches_per_epoch = len(epoch_batches(self.train_lengths, cfg.batch_size, cfg.seed, 0,
-                                                   self.dist.rank, self.dist.world_size))
+                                                   self.dist.dp_rank, self.dist.dp_size))
         if self.batches_per_epoch == 0:
             raise SpecforgeError(f"the training set ({len(self.train_lengths)} rows) is too small for "
                                  f"{self.dist.world_size} processes x batch {cfg.batch_size}.")
@@ -112,7 +112,8 @@ class Trainer:
     def trainer_state(self) -> dict:
         """JSON part of the trainer state: where the run stands and what must match on resume."""
         return {"global_step": self.global_step, "epoch": self.epoch, "group_in_epoch": self.group_pos,
-                "seed": self.cfg.seed, "world_size": self.dist.world_size, "batch_size": self.cfg.batch_size,
+                "seed": self.cfg.seed, "world_size": self.dist.world_size, "tp_size": self.dist.tp_size,
+                "batch_size": self.cfg.batch_size,
                 "accumulation_steps": self.cfg.accumulation_steps, "train_rows": len(self.train_lengths),
                 "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
                 "run_config": self.cfg.run_config}
@@ -121,7 +122,8 @@ class Trainer:
         """Restore weights, optimizer, scheduler, RNG and data position from a checkpoint dir."""
         loaded = ckpt.load_trainer_state(path, self.dist.rank)
         st = loaded["state"]
-        for key, mine in (("seed", self.cfg.seed), ("world_size", self.dist.world_size),
+        st.setdefault("tp_size", 1)  # checkpoints from before tensor parallelism
+        for key, mine in (("seed", self.cfg.seed), ("world_size", self.dist.world_size), ("tp_size", self.dist.tp_size),
                           ("batch_size", self.cfg.batch_size), ("accumulation_steps", self.cfg.accumulation_steps),
                           ("train_rows", len(self.train_lengths)), ("total_steps", self.total_steps)):
             if st.get(key) != mine:
@@ -198,7 +200,7 @@ class Trainer:
             return None
         self.model.eval()
         lengths = row_lengths(self.eval_rows)
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])[self.dist.rank::self.dist.world_size]
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])[self.dist.dp_rank::self.dist.dp_size]
         sums: dict[str, torch.Tensor] = {}
         n = 0
         for s in range(0, len(order), self.cfg.batch_size):
@@ -257,7 +259,7 @@ class Trainer:
         try:
             while self.epoch < cfg.num_epochs and self.global_step < self.total_steps:
                 groups = group_batches(epoch_batches(self.train_lengths, cfg.batch_size, cfg.seed, self.epoch,
-                                                     self.dist.rank, self.dist.world_size), cfg.accumulation_steps)
+                                                     self.dist.dp_rank, self.dist.dp_size), cfg.accumulation_steps)
                 while self.group_pos < len(groups) and self.global_step < self.total_steps:
                     record = self.train_step(groups[self.group_pos])
                     self.group_pos += 1
