@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--tp-size", type=int, default=1,
                    help="tensor-parallel size of the target: the torchrun world splits into world/tp data-parallel groups of tp "
                         "ranks that share one sharded target forward; needs a registered TP target class (Llama, Qwen2, Qwen3 built in)")
+    r.add_argument("--fsdp", action="store_true",
+                   help="shard the draft (weights, gradients, AdamW state) over the torchrun ranks with FSDP2 "
+                        "fully_shard instead of replicating it under DDP; for multi-layer or wide drafts")
     r.add_argument("--mem-frac", type=float, default=None,
                    help="upper bound on the fraction of CUDA memory this process may use (CUDA only)")
     r.add_argument("--dist-timeout", type=float, default=30,

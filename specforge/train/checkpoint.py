@@ -61,7 +61,8 @@ def save_checkpoint(path: str | Path, draft: torch.nn.Module, config: Any,
                     rng_states: dict[int, dict] | None = None) -> Path:
     """Atomically write one checkpoint directory (see module docstring); returns its path.
 
-    ``rng_states`` maps rank -> ``{"cpu": ByteTensor, "cuda": [ByteTensor, ...]}``.
+    ``rng_states`` maps rank -> ``{"cpu": ByteTensor, "cuda": [ByteTensor, ...]}``. ``draft`` and
+    ``optimizer`` may also be already-gathered state dicts (an FSDP-sharded draft, see ``sharded.py``).
     """
     from safetensors.torch import save_file
 
@@ -69,14 +70,15 @@ def save_checkpoint(path: str | Path, draft: torch.nn.Module, config: Any,
     with atomic_path(path, is_dir=True) as tmp:
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(config_dict(config), f, indent=2, sort_keys=True)
-        save_file(draft_state_dict(draft), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        weights = draft if isinstance(draft, dict) else draft_state_dict(draft)
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if trainer_state is not None:
             sd = tmp / STATE_DIR
             sd.mkdir()
             with open(sd / "state.json", "w", encoding="utf-8") as f:
                 json.dump(trainer_state, f, indent=2, sort_keys=True)
             if optimizer is not None:
-                torch.save(optimizer.state_dict(), sd / "optimizer.pt")
+                torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), sd / "optimizer.pt")
             if scheduler is not None:
                 torch.save(scheduler.state_dict(), sd / "scheduler.pt")
             for rank, states in (rng_states or {}).items():
@@ -207,14 +209,20 @@ def load_trainer_state(ckpt: str | Path, rank: int = 0) -> dict:
             "rng": rng}
 
 
-def load_draft_weights(draft: torch.nn.Module, ckpt: str | Path) -> None:
-    """Load ``model.safetensors`` of a checkpoint into ``draft`` (embedding excluded, all else strict)."""
+def read_draft_weights(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's ``model.safetensors`` (one clear line when it is missing)."""
     from specforge.fileio import load_safetensors
 
     f = Path(ckpt) / "model.safetensors"
     if not f.is_file():
         raise SpecforgeError(f"{f}: missing draft weights; the checkpoint is incomplete.")
-    tensors = load_safetensors(f)
+    return load_safetensors(f)
+
+
+def load_draft_weights(draft: torch.nn.Module, ckpt: str | Path) -> None:
+    """Load ``model.safetensors`` of a checkpoint into ``draft`` (embedding excluded, all else strict)."""
+    f = Path(ckpt) / "model.safetensors"
+    tensors = read_draft_weights(ckpt)
     if hasattr(draft, "load_checkpoint_state"):
         draft.load_checkpoint_state(tensors, source=str(f))
         return

@@ -127,6 +127,24 @@ def wrap_ddp(module: torch.nn.Module, device: str, info: DistInfo) -> torch.nn.M
     return DistributedDataParallel(module, device_ids=ids)
 
 
+def wrap_fsdp(module: torch.nn.Module, device: str, info: DistInfo) -> torch.nn.Module:
+    """Shard ``module`` (the TTT unroll over the draft) with FSDP2 ``fully_shard`` over all ranks;
+    identity on one process.
+
+    Parameters, gradients and AdamW moments become DTensors sharded on dim 0 (1/world each); the
+    forward all-gathers them and the backward reduce-scatters gradients averaged over the world, the
+    same average as DDP (TP ranks of one group hold identical gradients, so with ``--tp-size`` this is
+    the data-parallel mean). Checkpoints gather full tensors: :mod:`specforge.train.sharded`.
+    """
+    if not info.enabled:
+        return module
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(torch.device(device).type, (info.world_size,), mesh_dim_names=("fsdp",))
+    return fully_shard(module, mesh=mesh)
+
+
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a CPU metrics tensor over ranks (identity on one process); moves it through the
     process group's device (nccl needs CUDA tensors) and back."""

@@ -117,7 +117,8 @@ def run_training(args: argparse.Namespace):
         target = HFEagle3TargetModel(target_lm, draft_config=draft_config)
         torch.manual_seed(args.seed)  # the draft's initial weights depend on --seed only
         draft = build_draft(draft_config, target_lm, cache, device)
-        model = dist.wrap_ddp(build_ttt(draft, args.ttt_length, backend), device, info)
+        wrap = dist.wrap_fsdp if args.fsdp else dist.wrap_ddp
+        model = wrap(build_ttt(draft, args.ttt_length, backend), device, info)
         forward_fn = make_forward_fn(model, target, draft.t2d)
 
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -22,6 +22,7 @@ import torch
 from specforge.data.collate import pad_batch
 from specforge.errors import SpecforgeError
 from specforge.train import checkpoint as ckpt
+from specforge.train import sharded
 from specforge.train.batching import epoch_batches, group_batches
 from specforge.train.dist import DistInfo, all_reduce_sum, barrier
 from specforge.train.plot import PLOT_FILE, plot_metrics
@@ -129,9 +130,14 @@ class Trainer:
             if st.get(key) != mine:
                 raise SpecforgeError(f"--resume {path}: it was trained with {key}={st.get(key)} but this run has "
                                      f"{mine}; resume with the same settings (or start a new --output-dir).")
-        ckpt.load_draft_weights(self.draft, path)
-        if loaded["optimizer"] is not None:
-            self.optimizer.load_state_dict(loaded["optimizer"])
+        if sharded.is_sharded(self.draft):
+            sharded.load_draft_sharded(self.draft, ckpt.read_draft_weights(path), str(path))
+            if loaded["optimizer"] is not None:
+                self.optimizer.load_state_dict(sharded.shard_optimizer_state(loaded["optimizer"], self.optimizer))
+        else:
+            ckpt.load_draft_weights(self.draft, path)
+            if loaded["optimizer"] is not None:
+                self.optimizer.load_state_dict(loaded["optimizer"])
         if loaded["scheduler"] is not None:
             self.scheduler.load_state_dict(loaded["scheduler"])
         self._rng_to_restore = loaded["rng"]
@@ -148,8 +154,11 @@ class Trainer:
         pure function of seed and epoch), so the other ranks' generators do not affect a resumed run.
         """
         path = Path(self.cfg.output_dir) / name
+        draft, optim = self.draft, self.optimizer
+        if sharded.is_sharded(self.draft):  # FSDP: every rank takes part in gathering full tensors
+            draft, optim = sharded.full_draft_state(self.draft), sharded.full_state(self.optimizer.state_dict())
         if self.dist.is_main:
-            ckpt.save_checkpoint(path, self.draft, self.draft_config, self.trainer_state(), self.optimizer,
+            ckpt.save_checkpoint(path, draft, self.draft_config, self.trainer_state(), optim,
                                  self.scheduler, {0: ckpt.capture_rng()})
             logger.info("saved %s", path)
         barrier(self.dist)
