@@ -121,3 +121,21 @@ def test_parallel_layers_without_a_group_are_plain_linear_and_load_shards():
     torch.testing.assert_close(read_shard(w, 1, 1, 2), w[:, 2:])
     with pytest.raises(ValueError, match="does not split"):
         read_shard(w, 0, 0, 4)
+
+
+def test_examples_custom_tp_target_registers_and_matches_hf(monkeypatch, capsys):
+    """The README's recipe (examples/custom_tp_target.py) registers a Mistral TP target that the
+    auto registry then picks, and its check against HF Mistral passes."""
+    import importlib.util
+
+    from transformers import MistralConfig
+
+    from specforge.modeling.auto import AutoDistributedTargetModel
+
+    monkeypatch.setattr(AutoDistributedTargetModel, "_model_mapping", dict(AutoDistributedTargetModel._model_mapping))
+    spec = importlib.util.spec_from_file_location("custom_tp_target", REPO / "examples" / "custom_tp_target.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert AutoDistributedTargetModel._get_model_class(MistralConfig()) is mod.MistralTPForCausalLM
+    mod._check()
+    assert "logits equal HF Mistral" in capsys.readouterr().out
