@@ -54,8 +54,8 @@ class MistralTPForCausalLM(nn.Module, DistributedTargetModel):
         return self.lm_head(self.model(input_ids, attention_mask).last_hidden_state)
 
     def load_weights(self, state_dict) -> None:
-        """HF Mistral names already match ours; rename here if yours do not, then shard by the default."""
-        super().load_weights(state_dict)
+        """HF Mistral names already match ours (rename here if yours do not); each parallel layer keeps its shard."""
+        self.load_hf_weights(state_dict)
 
 
 def register() -> None:

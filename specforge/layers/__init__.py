@@ -1,4 +1,4 @@
-"""Layers with tensor-parallel metadata (real sharding is applied from outside; see linear.py)."""
+"""The seed's tensor-parallel layers (sharded weights, collectives on a process group from train/dist.py)."""
 
 from .linear import ColumnParallelLinear, RowParallelLinear
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 from specforge.errors import SpecforgeError
 
 
-class DistributedTargetModel:
+class DistributedTargetModel(ABC):
     """Mixin for tensor-parallel target models (the seed's ``MyModelForCausalLM(..., DistributedTargetModel)``).
 
     A subclass builds its layers from :mod:`specforge.layers.linear` (passing the ``tp_group`` it is
@@ -15,12 +17,17 @@ class DistributedTargetModel:
     ``base_model_prefix`` (its decoder attribute, called with ``output_hidden_states=True``) and
     ``get_input_embeddings`` / ``get_output_embeddings``, and registers in
     ``specforge.modeling.auto.AutoDistributedTargetModel._model_mapping``; it is picked when
-    ``--tp-size > 1``. :meth:`load_weights` has a default that fits most models; override it to rename keys.
+    ``--tp-size > 1``. A subclass must define :meth:`load_weights`; for HF-named checkpoints it can
+    simply call :meth:`load_hf_weights`.
     """
 
+    @abstractmethod
     def load_weights(self, state_dict) -> None:
         """Load the full (unsharded) checkpoint ``state_dict`` (name -> tensor, or name -> lazy
-        ``safetensors`` slice) into this rank's shards.
+        ``safetensors`` slice) into this rank's shards."""
+
+    def load_hf_weights(self, state_dict) -> None:
+        """The usual :meth:`load_weights`: checkpoint names equal this model's parameter names.
 
         Modules with ``load_full_weight(name, full)`` (the parallel layers) take only their shard; every
         other parameter is copied whole. Tied output embeddings (``tie_word_embeddings`` and no

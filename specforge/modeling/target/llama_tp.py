@@ -158,6 +158,10 @@ class LlamaTPForCausalLM(nn.Module, DistributedTargetModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head(self.model(input_ids, attention_mask).last_hidden_state)
 
+    def load_weights(self, state_dict) -> None:
+        """HF names map 1:1 onto ours; each parallel layer keeps its shard (see ``load_hf_weights``)."""
+        self.load_hf_weights(state_dict)
+
 
 class Qwen2TPForCausalLM(LlamaTPForCausalLM):
     """Tensor-parallel Qwen2 (q/k/v carry a bias, o_proj does not)."""
