@@ -18,6 +18,7 @@ from specforge.errors import SpecforgeError
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("specforge.cli.prepare_data", "convert a raw chat data set into conversations JSONL"),
     "regenerate": ("specforge.cli.regenerate", "re-answer every user turn with the target (embedded or servers)"),
+    "serve": ("specforge.cli.serve", "serve the target as an OpenAI-compatible chat server (optionally speculative)"),
     "build-cache": ("specforge.cli.build_cache", "tokenise conversations, build loss masks and the draft vocab"),
     "train": ("specforge.cli.train", "train an EAGLE-3 draft model online (target in the loop)"),
     "bench": ("specforge.cli.bench", "measure acceptance length and speed-up with the built-in decoder"),

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="embedded: auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto",
                         help="embedded: auto (bf16 where the CPU/GPU supports it, else fp32), float32, bfloat16, float16")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="embedded: CPU threads for torch (default: torch's choice); on a machine shared with "
+                             "other jobs, 1 avoids the collapse of multi-threaded kernels under oversubscription")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         num_per_shard=args.num_per_shard, max_tokens=args.max_tokens, temperature=args.temperature,
         top_p=args.top_p, system_prompt=args.system_prompt, num_samples=args.num_samples, resume=args.resume,
         timeout=args.timeout, max_retries=args.max_retries, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, seed=args.seed, progress=not args.no_progress,
+        dtype=args.dtype, seed=args.seed, threads=args.threads, progress=not args.no_progress,
     )
     stats = regenerate(opts)
     print(stats.line(args.output_dir))

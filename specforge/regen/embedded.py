@@ -60,6 +60,18 @@ def generation_dtype(dtype: str | None, device: str):
     return resolve_dtype(dtype, device)
 
 
+def load_generation_target(model_name: str, device: str = "auto", dtype: str = "auto"):
+    """Load target and tokenizer for generation (bf16 where supported); returns ``(model, tokenizer)``."""
+    from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device
+
+    device = resolve_device(device)
+    torch_dtype = generation_dtype(dtype, device)
+    tok = load_tokenizer(model_name)
+    model = load_target_model(model_name, dtype=torch_dtype, device=device)
+    logger.info("target %s on %s in %s", model_name, device, str(torch_dtype).replace("torch.", ""))
+    return model, tok
+
+
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of ``messages`` ready for the assistant's answer (the tokenizer's own chat template)."""
     if not getattr(tokenizer, "chat_template", None):
@@ -78,64 +90,43 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return {int(i) for i in ids}
 
 
-class EmbeddedGenerator:
-    """Loads the target once and answers chats through one batched engine thread."""
+class ThreadedGenerator:
+    """Chat answers from a generation loop on its own thread; subclasses implement :meth:`_loop`.
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, prefill_chunk: int = 512, name: str = "target"):
+    ``submit`` hands a :class:`GenRequest` to the thread (its callbacks run there); ``generate_ids`` and
+    ``chat`` await one answer from asyncio code.
+    """
+
+    def __init__(self, model, tokenizer, name: str = "target"):
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.engine = BatchEngine(model, eos_token_ids(model, tokenizer), max_batch=batch_size,
-                                  prefill_chunk=prefill_chunk)
+        self.eos = eos_token_ids(model, tokenizer)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._fatal: BaseException | None = None
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="specforge-engine", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="specforge-engine", daemon=True)
 
-    @classmethod
-    def load(cls, model_name: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8):
-        """Load the target (:mod:`specforge.modeling.loading`) and start the engine thread."""
-        from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device
-
-        device = resolve_device(device)
-        torch_dtype = generation_dtype(dtype, device)
-        tok = load_tokenizer(model_name)
-        model = load_target_model(model_name, dtype=torch_dtype, device=device)
-        logger.info("embedded generator: %s on %s in %s, batch %d", model_name, device,
-                    str(torch_dtype).replace("torch.", ""), batch_size)
-        return cls(model, tok, batch_size=batch_size, name=model_name)
-
-    # ---- engine thread ------------------------------------------------------------------------------
-
-    def _loop(self) -> None:
-        eng = self.engine
+    def _run(self) -> None:
         try:
-            while not self._stop:
-                try:
-                    # Block only while idle; otherwise take whatever arrived and keep decoding.
-                    item = self._inbox.get(timeout=0.05) if not eng.has_work() else self._inbox.get_nowait()
-                except queue.Empty:
-                    item = None
-                while item is not None:
-                    eng.add(item)
-                    try:
-                        item = self._inbox.get_nowait()
-                    except queue.Empty:
-                        item = None
-                if eng.has_work():
-                    eng.step()
+            self._loop()
         except BaseException as e:  # noqa: BLE001 - reported to every waiter, then the run stops
             self._fatal = e
             logger.error("generation engine failed: %s: %s", type(e).__name__, e)
-            pending = list(eng.active) + list(eng.queue)
-            while True:
-                try:
-                    pending.append(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
-            for r in pending:
+            for r in self._pending():
                 r.finish_reason, r.error = "error", f"engine failed: {type(e).__name__}: {e}"
                 if r.on_done:
                     r.on_done(r)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _pending(self) -> list[GenRequest]:
+        """Requests not finished (the inbox's included), for the failure path."""
+        out = []
+        while True:
+            try:
+                out.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return out
 
     def close(self) -> None:
         self._stop = True
@@ -167,7 +158,7 @@ class EmbeddedGenerator:
         return req
 
     def decode(self, ids: list[int]) -> str:
-        eos = self.engine.eos
+        eos = self.eos
         return self.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True)
 
     async def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -176,3 +167,39 @@ class EmbeddedGenerator:
         prompt = chat_prompt_ids(self.tokenizer, messages)
         req = await self.generate_ids(prompt, max_tokens, temperature, top_p, seed)
         return Completion(self.decode(req.output), len(req.output), req.finish_reason or "stop", len(prompt))
+
+
+class EmbeddedGenerator(ThreadedGenerator):
+    """Loads the target once and answers chats through one batched engine (dynamic batching)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, prefill_chunk: int = 512, name: str = "target"):
+        super().__init__(model, tokenizer, name)
+        self.engine = BatchEngine(model, self.eos, max_batch=batch_size, prefill_chunk=prefill_chunk)
+        self._thread.start()
+
+    @classmethod
+    def load(cls, model_name: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8):
+        """Load the target (:mod:`specforge.modeling.loading`) and start the engine thread."""
+        model, tok = load_generation_target(model_name, device, dtype)
+        logger.info("embedded generator: batch %d", batch_size)
+        return cls(model, tok, batch_size=batch_size, name=model_name)
+
+    def _pending(self) -> list[GenRequest]:
+        return list(self.engine.active) + list(self.engine.queue) + super()._pending()
+
+    def _loop(self) -> None:
+        eng = self.engine
+        while not self._stop:
+            try:
+                # Block only while idle; otherwise take whatever arrived and keep decoding.
+                item = self._inbox.get(timeout=0.05) if not eng.has_work() else self._inbox.get_nowait()
+            except queue.Empty:
+                item = None
+            while item is not None:
+                eng.add(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            if eng.has_work():
+                eng.step()

@@ -31,7 +31,8 @@ class GenRequest:
     """One prompt to complete. prompt: token ids; the result fields are filled in by the engine.
 
     on_token(request, new_ids) is called after every step that added tokens (for streaming);
-    on_done(request) once when it finished (finish_reason ``stop``, ``length`` or ``error``).
+    on_done(request) once when it finished (finish_reason ``stop``, ``length``, ``error`` or ``cancelled``).
+    Setting ``cancelled`` (from any thread) frees the request's slot at the next step.
     """
 
     prompt: list[int]
@@ -45,6 +46,7 @@ class GenRequest:
     finish_reason: str | None = None
     error: str | None = None
     generator: torch.Generator | None = None
+    cancelled: bool = False
 
 
 class _SlotState:
@@ -183,8 +185,17 @@ class BatchEngine:
     def step(self) -> list[GenRequest]:
         """Admit queued requests, decode one token for every active row; return finished requests."""
         finished: list[GenRequest] = []
+        for r in self.active:
+            if r.cancelled:
+                r.finish_reason = "cancelled"
         while self.queue and len(self.active) < self.max_batch:
             req = self.queue.popleft()
+            if req.cancelled:
+                req.finish_reason = "cancelled"
+                finished.append(req)
+                if req.on_done:
+                    req.on_done(req)
+                continue
             slot = len(self.active)
             logits = self._prefill(req.prompt, slot)
             self.active.append(req)

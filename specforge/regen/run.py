@@ -52,6 +52,7 @@ class RegenOptions:
     dtype: str = "auto"
     seed: int = 0
     progress: bool = True
+    threads: int | None = None
 
 
 @dataclass
@@ -196,6 +197,8 @@ def check_options(opts: RegenOptions) -> None:
         raise SpecforgeError(f"--max-concurrency must be >= 1 (got {opts.max_concurrency}).")
     if opts.num_per_shard < 1:
         raise SpecforgeError(f"--num-per-shard must be >= 1 (got {opts.num_per_shard}).")
+    if opts.threads is not None and opts.threads < 1:
+        raise SpecforgeError(f"--threads must be >= 1 (got {opts.threads}).")
 
 
 def plan(opts: RegenOptions, rows: list[InputRow], store: ShardStore, stats: RegenSummary):
@@ -256,6 +259,17 @@ async def drive(backend, todo, store: ShardStore, opts: RegenOptions, stats: Reg
         bar.close()
 
 
+async def _serve_rows(backend, todo, store, opts, stats, concurrency) -> None:
+    """Start the backend (servers are probed here), run the rows, close its connections in this loop."""
+    if hasattr(backend, "astart"):
+        await backend.astart()
+    try:
+        await drive(backend, todo, store, opts, stats, concurrency)
+    finally:
+        if hasattr(backend, "aclose"):
+            await backend.aclose()
+
+
 def regenerate(opts: RegenOptions, backend=None) -> RegenSummary:
     """Run a regeneration (embedded unless ``opts.servers``); returns the summary. ``backend`` overrides."""
     check_options(opts)
@@ -275,9 +289,9 @@ def regenerate(opts: RegenOptions, backend=None) -> RegenSummary:
         if todo:
             if own:
                 backend = make_backend(opts)
+            t0 = time.perf_counter()  # generation time only, not loading the model
             concurrency = opts.max_concurrency or (2 * opts.batch_size if not opts.servers else 32)
-            t0 = time.perf_counter()
-            asyncio.run(drive(backend, todo, store, opts, stats, concurrency))
+            asyncio.run(_serve_rows(backend, todo, store, opts, stats, concurrency))
         complete = True
     except FatalBackendError as e:
         raise SpecforgeError(f"regeneration stopped: {e}; completed rows are kept, rerun with --resume.") from None
@@ -297,4 +311,8 @@ def make_backend(opts: RegenOptions):
         return ServerPool.connect(opts)
     from specforge.regen.embedded import EmbeddedGenerator
 
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     return EmbeddedGenerator.load(opts.model_name, device=opts.device, dtype=opts.dtype, batch_size=opts.batch_size)

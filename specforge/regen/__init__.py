@@ -1,0 +1,1 @@
+"""Regeneration of training data by the target: embedded batched engine, server client, `specforge serve`."""
