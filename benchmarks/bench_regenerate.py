@@ -1,10 +1,17 @@
-"""Measure regeneration speed: the embedded engine at several batch sizes (rows/s, generated tokens/s).
+"""Measure regeneration speed: embedded engine per batch size, client vs `specforge serve`, client overhead.
 
-    python benchmarks/bench_regenerate.py --rows 32 --max-tokens 64 --batch-sizes 1 8 32
+    python benchmarks/bench_regenerate.py --rows 32 --max-tokens 32 --batch-sizes 1 8 32 \
+        --concurrency 1 8 32 --threads 1
 
-Takes the first user turn of N real ShareGPT conversations (prepare-data, offline), and answers them with
-the embedded batched engine on the default model (greedy, bf16 where the CPU supports it), once per batch
-size, after a short untimed warm-up. Prints one line per batch size; figures go to BENCHMARKS.md, not asserted.
+Takes the first user turn of N real ShareGPT conversations (prepare-data, offline) and answers them on the
+default model (greedy, bf16 where the CPU supports it), after a short untimed warm-up:
+
+* embedded: the batched engine in-process, once per ``--batch-sizes`` entry;
+* server: specforge's OpenAI client (the regenerate server path) against `specforge serve` (same engine,
+  batch = the largest concurrency, uvicorn on 127.0.0.1 in this process), once per ``--concurrency``;
+* overhead: the client against a server that answers at once without generating, per request.
+
+Prints one line per measurement; figures go to BENCHMARKS.md, not asserted.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import tempfile
 import time
 
 
-def first_user_turns(n: int) -> list[list[dict]]:
+def first_user_turns(n: int, chars: int = 2000) -> list[list[dict]]:
     from specforge.data.prepare import prepare_dataset
 
     with tempfile.TemporaryDirectory() as d:
@@ -27,7 +34,7 @@ def first_user_turns(n: int) -> list[list[dict]]:
     for r in rows:
         user = next((t for t in r["conversations"] if t["role"] == "user" and t["content"].strip()), None)
         if user is not None:
-            out.append([{"role": "user", "content": user["content"][:2000]}])
+            out.append([{"role": "user", "content": user["content"][:chars]}])
         if len(out) == n:
             break
     return out
@@ -38,12 +45,101 @@ async def answer_all(gen, chats, max_tokens):
     return sum(c.completion_tokens for c in comps)
 
 
+def _serve_thread(app):
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    return server, f"127.0.0.1:{port}"
+
+
+async def _client_run(addr, chats, max_tokens, concurrency):
+    from specforge.regen.client import ServerPool
+
+    pool = ServerPool([addr], "bench", timeout=600, max_retries=0)
+    await pool.astart()
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(c):
+        async with sem:
+            return await pool.chat(c, max_tokens)
+
+    t0 = time.perf_counter()
+    comps = await asyncio.gather(*(one(c) for c in chats))
+    wall = time.perf_counter() - t0
+    await pool.aclose()
+    return sum(c.completion_tokens for c in comps), wall
+
+
+def bench_server(model, tok, chats, args) -> list[dict]:
+    from specforge.regen.embedded import EmbeddedGenerator
+    from specforge.regen.server import create_app
+
+    gen = EmbeddedGenerator(model, tok, batch_size=max(args.concurrency))
+    server, addr = _serve_thread(create_app(gen, "bench"))
+    out = []
+    try:
+        asyncio.run(_client_run(addr, chats[:2], 4, 2))  # warm-up
+        for c in args.concurrency:
+            tokens, wall = asyncio.run(_client_run(addr, chats, args.max_tokens, c))
+            rec = {"mode": "client+serve", "concurrency": c, "rows": len(chats), "tokens": tokens,
+                   "wall_s": round(wall, 2), "rows_per_s": round(len(chats) / wall, 3),
+                   "tok_per_s": round(tokens / wall, 1)}
+            out.append(rec)
+            print(f"client -> specforge serve, concurrency {c:>3}: {rec['rows_per_s']:.2f} rows/s, "
+                  f"{rec['tok_per_s']:.1f} generated tok/s ({tokens} tokens in {wall:.1f} s)", flush=True)
+    finally:
+        server.should_exit = True
+        gen.close()
+    return out
+
+
+def bench_overhead(n: int) -> dict:
+    """Mean wall time per request of the client against a server that answers at once (no model)."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": []}
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    server, addr = _serve_thread(app)
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(n)]
+    try:
+        asyncio.run(_client_run(addr, chats[:5], 1, 1))
+        _, wall = asyncio.run(_client_run(addr, chats, 1, 1))
+    finally:
+        server.should_exit = True
+    rec = {"mode": "client overhead", "requests": n, "ms_per_request": round(1000 * wall / n, 2)}
+    print(f"client overhead (instant server, sequential, server time included): {rec['ms_per_request']:.2f} ms "
+          f"per request over {n}", flush=True)
+    return rec
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     p.add_argument("--rows", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--prompt-chars", type=int, default=2000, help="cut each question to this many characters")
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 8, 32])
+    p.add_argument("--concurrency", type=int, nargs="*", default=[], help="client vs specforge serve")
+    p.add_argument("--overhead-requests", type=int, default=0, help="client overhead: requests to an instant server")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -63,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     dtype = generation_dtype(args.dtype, device)
     tok = load_tokenizer(args.model)
     model = load_target_model(args.model, dtype=dtype, device=device)
-    chats = first_user_turns(args.rows)
+    chats = first_user_turns(args.rows, args.prompt_chars)
     results = []
     print(f"# {args.model} {device} {str(dtype).replace('torch.', '')} threads={torch.get_num_threads()} "
-          f"rows={len(chats)} max_tokens={args.max_tokens}", flush=True)
+          f"rows={len(chats)} max_tokens={args.max_tokens} prompt_chars={args.prompt_chars}", flush=True)
     for b in args.batch_sizes:
         gen = EmbeddedGenerator(model, tok, batch_size=b)
         asyncio.run(answer_all(gen, chats[: min(b, 2)], 4))  # warm-up
@@ -79,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(rec)
         print(f"embedded batch {b:>3}: {rec['rows_per_s']:.2f} rows/s, {rec['tok_per_s']:.1f} generated tok/s "
               f"({tokens} tokens in {wall:.1f} s)", flush=True)
+    if args.concurrency:
+        results += bench_server(model, tok, chats, args)
+    if args.overhead_requests:
+        results.append(bench_overhead(args.overhead_requests))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
