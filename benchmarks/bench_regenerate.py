@@ -29,7 +29,8 @@ def first_user_turns(n: int, chars: int = 2000) -> list[list[dict]]:
 
     with tempfile.TemporaryDirectory() as d:
         files, _ = prepare_dataset("sharegpt", d, sample_size=4 * n, progress=False)
-        rows = [json.loads(line) for line in open(files["all"], encoding="utf-8")]
+        with open(files["all"], encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
     out = []
     for r in rows:
         user = next((t for t in r["conversations"] if t["role"] == "user" and t["content"].strip()), None)
@@ -149,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from specforge.cli import setup_logging
-    from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device
+    from specforge.modeling.loading import (
+        load_target_model,
+        load_tokenizer,
+        resolve_device,
+    )
     from specforge.regen.embedded import EmbeddedGenerator, generation_dtype
 
     setup_logging()

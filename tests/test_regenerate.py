@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_llama_config
+
 from specforge.cli import main
 from specforge.regen.embedded import Completion, GenerationError
 from specforge.regen.engine import BatchEngine, GenRequest, top_p_filter
@@ -47,7 +47,7 @@ def test_engine_greedy_equals_hf_generate_per_row(tiny_model):
     max_new = [int(x) for x in torch.randint(1, 25, (12,), generator=g)]
     # An EOS the model actually emits, so rows finish early and their slots are refilled mid-batch.
     probe = BatchEngine(tiny_model, [], max_batch=4).run([GenRequest(p, 20) for p in prompts[:4]])
-    eos = max(set(t for r in probe for t in r.output), key=lambda t: sum(r.output.count(t) for r in probe))
+    eos = max({t for r in probe for t in r.output}, key=lambda t: sum(r.output.count(t) for r in probe))
     eng = BatchEngine(tiny_model, [eos], max_batch=3, prefill_chunk=7)  # chunked prefill too
     reqs = eng.run([GenRequest(p, n) for p, n in zip(prompts, max_new)])
     assert any(r.finish_reason == "stop" for r in reqs) and any(r.finish_reason == "length" for r in reqs)

@@ -94,7 +94,7 @@ class ServerPool:
         self.retries = 0
 
     @classmethod
-    def connect(cls, opts) -> "ServerPool":
+    def connect(cls, opts) -> ServerPool:
         """Build the pool from RegenOptions (``astart`` probes the servers inside the run's event loop)."""
         pool = cls(opts.servers, opts.model_name, timeout=opts.timeout, max_retries=opts.max_retries)
         pool.probe_timeout = min(opts.timeout, 10.0)
@@ -128,7 +128,7 @@ class ServerPool:
             for i, r in enumerate(results):
                 if r is not None:
                     await self.clients[i].close()
-        keep = lambda xs: [xs[i] for i in alive]  # noqa: E731
+        keep = lambda xs: [xs[i] for i in alive]
         self.urls, self.addresses, self.clients = keep(self.urls), keep(self.addresses), keep(self.clients)
         self.inflight = [0] * len(alive)
         self.requests = [0] * len(alive)

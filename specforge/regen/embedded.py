@@ -62,7 +62,11 @@ def generation_dtype(dtype: str | None, device: str):
 
 def load_generation_target(model_name: str, device: str = "auto", dtype: str = "auto"):
     """Load target and tokenizer for generation (bf16 where supported); returns ``(model, tokenizer)``."""
-    from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device
+    from specforge.modeling.loading import (
+        load_target_model,
+        load_tokenizer,
+        resolve_device,
+    )
 
     device = resolve_device(device)
     torch_dtype = generation_dtype(dtype, device)

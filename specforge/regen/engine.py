@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -145,7 +145,7 @@ class BatchEngine:
         if max_batch < 1:
             raise SpecforgeError(f"--batch-size must be >= 1 (got {max_batch}).")
         self.model = model
-        self.eos = set(int(e) for e in eos_token_ids)
+        self.eos = {int(e) for e in eos_token_ids}
         self.max_batch = max_batch
         self.prefill_chunk = max(1, prefill_chunk)
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -278,9 +278,7 @@ class BatchEngine:
             self.generated_tokens += 1
             if t in self.eos:
                 r.finish_reason = "stop"
-            elif len(r.output) >= r.max_new_tokens:
-                r.finish_reason = "length"
-            elif len(r.prompt) + len(r.output) >= self.max_length:
+            elif len(r.output) >= r.max_new_tokens or len(r.prompt) + len(r.output) >= self.max_length:
                 r.finish_reason = "length"
             if r.on_token:
                 r.on_token(r, [t])

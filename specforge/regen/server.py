@@ -13,7 +13,9 @@ import json
 import time
 import uuid
 
-from fastapi import Request  # at module level: FastAPI resolves the handlers' (string) annotations here
+from fastapi import (
+    Request,  # at module level: FastAPI resolves the handlers' (string) annotations here
+)
 
 from specforge.regen.embedded import FatalBackendError, GenerationError
 from specforge.regen.engine import GenRequest

@@ -114,15 +114,16 @@ class ShardStore:
         for idx, _, name in shards:
             rows = _read_complete_lines(self.dir / name, repair=name.endswith(".partial"))
             self.done.update(row_key(r) for r in rows)
-            if name.endswith(".partial"):
-                if (idx, name) != (partials[-1][0], partials[-1][2]):  # a stray older partial: finalise it
-                    os.replace(self.dir / name, self.dir / name[: -len(".partial")])
+            if name.endswith(".partial") and (idx, name) != (partials[-1][0], partials[-1][2]):
+                # a stray older partial (cannot happen in one run's life): finalise it
+                os.replace(self.dir / name, self.dir / name[: -len(".partial")])
         self._started = True
         if partials:
             self._index = partials[-1][0]
             path = self.dir / partials[-1][2]
-            self._partial_rows = sum(1 for _ in open(path, "rb"))
-            self._partial = open(path, "a", encoding="utf-8")
+            with open(path, "rb") as f:
+                self._partial_rows = sum(1 for _ in f)
+            self._partial = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open while the shard fills
         else:
             self._index = max((s[0] for s in shards), default=-1) + 1
         if (self.dir / ERROR_FILE).is_file():
@@ -158,7 +159,8 @@ class ShardStore:
             return
         self._start()
         if self._partial is None:
-            self._partial = open(str(self.shard_path(self._index)) + ".partial", "a", encoding="utf-8")
+            self._partial = open(  # noqa: SIM115 - kept open while the shard fills
+                str(self.shard_path(self._index)) + ".partial", "a", encoding="utf-8")
             self._partial_rows = 0
         # One write() per complete line, flushed at once: a kill leaves at most one torn last line.
         self._partial.write(json.dumps(row, ensure_ascii=False) + "\n")
