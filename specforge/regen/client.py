@@ -75,6 +75,8 @@ class ServerPool:
                  backoff_s: float = 0.5, max_backoff_s: float = 8.0):
         import openai
 
+        for noisy in ("httpx2", "httpx", "openai"):  # one INFO line per request otherwise
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         if not addresses:
             raise SpecforgeError("no --server-address-port given.")
         if timeout <= 0:
