@@ -42,7 +42,9 @@ def target_gguf():
 
 def draft_ckpt(path: Path, seed=0, eagle_ids=None, **cfg_over) -> tuple[Path, dict]:
     g = torch.Generator().manual_seed(seed)
-    mat = lambda *s: torch.randn(*s, generator=g) * 0.05  # noqa: E731
+    def mat(*s):
+        return torch.randn(*s, generator=g) * 0.05
+
     ids = torch.randperm(V, generator=g)[:VD].sort().values
     t2d = torch.zeros(V, dtype=torch.bool)
     t2d[ids] = True
@@ -114,8 +116,6 @@ def as_torch(t):
 
 
 def test_header_parser_agrees_with_gguf_reader(tmp_path):
-    from specforge.export.gguf_header import read_header
-
     w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), arch="eagle3")
     w.add_uint32("eagle3.block_count", 1)
     w.add_array("eagle3.target_layers", [2, 15, 27])

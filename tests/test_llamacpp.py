@@ -21,9 +21,9 @@ pytest.importorskip("xllamacpp", reason="llama.cpp engine not installed (pip ins
 PROMPTS = ["Explain in a few sentences why the sky is blue.",
            "Write a Python function that returns the square of a number, with a docstring."]
 NEW = 40
-DRAFT = dict(hidden_size=576, intermediate_size=256, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-             vocab_size=49152, draft_vocab_size=512, target_hidden_size=576, rms_norm_eps=1e-5,
-             rope_theta=100000.0, max_position_embeddings=8192, num_hidden_layers=1)
+DRAFT = {"hidden_size": 576, "intermediate_size": 256, "num_attention_heads": 9, "num_key_value_heads": 3,
+         "head_dim": 64, "vocab_size": 49152, "draft_vocab_size": 512, "target_hidden_size": 576,
+         "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "max_position_embeddings": 8192, "num_hidden_layers": 1}
 
 
 @pytest.fixture(scope="module")
@@ -125,4 +125,5 @@ def test_trained_draft_accepted_in_llamacpp_and_greedy_unchanged(tmp_path, targe
     rate = {k: sum(c.accepted for c in v) / max(1, sum(c.drafted for c in v)) for k, v in runs.items()}
     assert sum(c.drafted for c in runs["trained"]) > 0
     assert rate["trained"] > 0.5 and rate["random"] < 0.1, rate
-    assert tau(runs["trained"]) > 2.0 > 1.2 > tau(runs["random"]), (tau(runs["trained"]), tau(runs["random"]))
+    taus = {k: tau(v) for k, v in runs.items()}
+    assert taus["trained"] > 2.0 and taus["random"] < 1.2, taus

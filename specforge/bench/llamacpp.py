@@ -137,7 +137,7 @@ class LlamaCppServer:
             self._server = None
             gc.collect()
 
-    def __enter__(self) -> "LlamaCppServer":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -231,6 +231,9 @@ def run_llamacpp_bench(opts, target_gguf: str | None = None, threads: int = 1) -
         parse_benchmark(b)
     if threads < 1:
         raise SpecforgeError("--llamacpp-threads must be >= 1.")
+    if (opts.draft_path or "").startswith("oracle"):
+        _draft_gguf(opts.draft_path, "", "", "")  # raises: the oracle is built-in only
+    _methods(opts, opts.draft_path)  # bad configs fail before anything is loaded
     import_xllamacpp()
     gguf_path = str(target_gguf_path(opts.model_path, target_gguf))
     tokenizer = load_tokenizer(opts.model_path)
