@@ -101,7 +101,7 @@ def main() -> None:
         sched.step()
         if step % 50 == 0 or step == a.steps - 1:
             acc = [round(float(x), 2) for x in metrics["step_acc"]]
-            print(f"[{time.time() - t0:.0f}s] step {step} loss {float(loss):.3f} acc {acc}", flush=True)
+            print(f"[{time.time() - t0:.0f}s] step {step} loss {float(loss.detach()):.3f} acc {acc}", flush=True)
     conf = cfg.to_dict()
     conf.update(architectures=["LlamaForCausalLMEagle3"], draft_vocab_size=Vd, target_hidden_size=576)
     with atomic_path(a.output, is_dir=True) as tmp:
