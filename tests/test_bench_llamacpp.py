@@ -39,6 +39,7 @@ def test_missing_engine_is_one_clear_line(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_llamacpp_bench_records(tmp_path):
     """Vanilla and EAGLE-3 (a random draft exported on the fly) on one MT-bench question (2 turns)."""
     pytest.importorskip("xllamacpp", reason="llama.cpp engine not installed (pip install 'specforge[llamacpp]')")
@@ -46,7 +47,6 @@ def test_llamacpp_bench_records(tmp_path):
 
     from specforge.cli import main
 
-    torch.set_num_threads(1)
     ckpt = save(make_draft(torch.arange(512) * 11), tmp_path / "draft")
     out = tmp_path / "o.jsonl"
     assert main(BENCH + ["--output", str(out), "--speculative-draft-model-path", str(ckpt),

@@ -19,18 +19,10 @@ from safetensors.torch import save_file
 from specforge.errors import SpecforgeError
 
 gguf = pytest.importorskip("gguf")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # SmolLM2-135M target: 30 layers, hidden 576, vocab 49152. Draft: its H/heads, a small MLP and draft vocab.
 H, NH, KVH, HD, INTER, V, VD, L = 576, 9, 3, 64, 64, 49152, 256, 30
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids OpenMP spin-waits when the 2 cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

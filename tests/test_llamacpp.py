@@ -17,6 +17,7 @@ import pytest
 import torch
 
 pytest.importorskip("xllamacpp", reason="llama.cpp engine not installed (pip install 'specforge[llamacpp]')")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPTS = ["Explain in a few sentences why the sky is blue.",
            "Write a Python function that returns the square of a number, with a docstring."]
@@ -89,15 +90,6 @@ def train_on(seqs: list[list[int]], prompt_lens: list[int], smollm2_dir: str, st
     random = make_draft(vocab)
     random.load_state_dict(untrained)
     return draft, random, metrics
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two torch threads spin against llama.cpp's and slow 8x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.slow
