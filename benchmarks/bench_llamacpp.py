@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
+
+# Run from a checkout without installing: the repository root is the parent of this folder.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def table(records: list[dict]) -> str:

@@ -274,6 +274,7 @@ def write_gguf(plan: ExportPlan, path: Path, vocab_gguf: Path) -> None:
     import gguf
     import torch
 
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs every file at INFO
     w = gguf.GGUFWriter(str(path), arch=ARCH)  # writes general.architecture itself
     for key, value in plan.config.items():
         if key != "general.architecture":
