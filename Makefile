@@ -5,8 +5,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.specforge-installed
 DEMO   ?= demo_out
-# uv resolves the lock; torch is forced to the CPU 2.13.0 wheel so no CUDA build can enter it.
-UV_COMPILE = --extra dev --override .lock-overrides.txt --python-version 3.11 \
+# uv resolves the lock (runtime + the dev and llamacpp extras, so the llama.cpp tests run); torch is forced to the CPU 2.13.0 wheel so no CUDA build can enter it.
+UV_COMPILE = --extra dev --extra llamacpp --override .lock-overrides.txt --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line
 # Where the torch 2.13.0+cpu wheel is found (a folder or PyTorch's CPU wheel index).
 TORCH_WHEELS ?= /opt/wheels

@@ -27,6 +27,16 @@ def tiny_llama_config(**overrides):
     return LlamaConfig(**kw)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module: with small tensors, or next to llama.cpp's own thread on a
+    busy 2-core machine, two torch threads spin-wait against each other and run several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_config():
     return tiny_llama_config()

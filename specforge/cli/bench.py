@@ -6,6 +6,9 @@ One JSONL record per (config, benchmark) goes to ``--output``, next to vanilla g
 (with ``--assistant-model``) HF assisted generation on the same prompts; plots are written beside it.
 ``--speculative-draft-model-path oracle`` proposes the target's own greedy output (the decoder's ceiling);
 ``oracle:DIR`` does the same while also running the draft in DIR, to pay a real draft's cost.
+``--engine llamacpp`` runs the same prompts through llama.cpp instead (``pip install 'specforge[llamacpp]'``):
+no speculation, llama.cpp's n-gram speculation (the prompt_lookup baseline) and the EAGLE-3 draft (a checkpoint
+dir, exported to GGUF on the fly, or a .gguf file) at each config's num_steps, with 1 llama.cpp thread by default.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="n-gram draft length of prompt lookup")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--engine", default="builtin", choices=("builtin", "llamacpp"),
+                        help="builtin: specforge's decoder on the HF target; llamacpp: llama.cpp (xllamacpp wheel) "
+                             "on the target's GGUF, configs 1,K,1,K+1 = EAGLE-3 with draft length K")
+    parser.add_argument("--target-gguf", default=None,
+                        help="with --engine llamacpp: the target GGUF (default: the offline default model's file)")
+    parser.add_argument("--llamacpp-threads", type=int, default=1,
+                        help="llama.cpp compute threads (1 is fastest on 2-vCPU machines: 2 threads collapse)")
     # Seed flags that configure an SGLang server; the built-in engine has no use for them.
     parser.add_argument("--port", type=int, default=None, help="accepted for the seed; unused (no server)")
     parser.add_argument("--tp-size", type=int, default=1, help="accepted for the seed; the built-in decoder uses one device")
@@ -78,5 +88,12 @@ def run(args) -> int:
         assistant_model=args.assistant_model, baselines=list(args.baselines),
         prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, seed=args.seed, plots=not args.no_plots,
     )
+    if args.engine == "llamacpp":
+        from specforge.bench.llamacpp import run_llamacpp_bench
+
+        if args.assistant_model:
+            raise SpecforgeError("--assistant-model is a built-in-engine baseline; drop it with --engine llamacpp.")
+        run_llamacpp_bench(opts, args.target_gguf, args.llamacpp_threads)
+        return 0
     run_bench(opts)
     return 0

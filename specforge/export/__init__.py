@@ -4,6 +4,8 @@ Public API (``specforge export`` / ``specforge validate`` are thin CLIs over it)
 
 * :func:`export_draft(checkpoint, output_dir, to, target_model_path=None, options=None)` - ``to`` is a key of
   :data:`EXPORTERS` (``sglang``, ``vllm-speculators``, ``vllm-eagle3``, ``hf``); atomic, validated.
+* :func:`export_gguf(checkpoint, output, target_model_path, target_gguf=None)` - one llama.cpp EAGLE-3 GGUF
+  file; :func:`check_gguf(path)` lists what llama.cpp's loader would reject or misread.
 * :func:`validate_directory(directory, target_model_path=None, ...)` -> :class:`Report` of :class:`Check`.
 * :func:`check_draft(config, tensors, layout)` - the structural checks on in-memory tensors (meta allowed).
 * :func:`load_draft(directory)` -> ``(model, aux_layer_ids)`` from any layout.
@@ -24,11 +26,12 @@ from specforge.export.formats import (  # noqa: F401
     source_from_dict,
     target_info,
 )
+from specforge.export.gguf import check_gguf, export_gguf  # noqa: F401  (registers the 'gguf' layout)
 from specforge.export.roundtrip import load_draft  # noqa: F401
 from specforge.export.validate import Check, Report, check_draft, validate_directory  # noqa: F401
 
 __all__ = [
-    "EXPORTERS", "Check", "DraftSource", "ExportOptions", "ExportPlan", "Report", "TargetInfo", "check_draft",
+    "EXPORTERS", "Check", "check_gguf", "export_gguf", "DraftSource", "ExportOptions", "ExportPlan", "Report", "TargetInfo", "check_draft",
     "export_draft", "layout_name", "load_draft", "load_source", "register_exporter", "source_from_dict",
     "target_info", "validate_directory",
 ]

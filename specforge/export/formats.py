@@ -318,6 +318,9 @@ def export_draft(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, t
 
     if to not in EXPORTERS:
         raise SpecforgeError(f"unknown export layout '{to}'; choose one of {', '.join(sorted(EXPORTERS))}.")
+    if to == "gguf":
+        raise SpecforgeError("the gguf layout is one file, not a directory: use specforge.export.export_gguf "
+                             "(`specforge export --to gguf --output FILE.gguf`).")
     out = Path(output_dir)
     _guard_output(out, Path(checkpoint), force)
     src = load_source(checkpoint)
