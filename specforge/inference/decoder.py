@@ -57,7 +57,8 @@ class DecodeStats:
     """What one :meth:`SpeculativeDecoder.generate` call measured.
 
     accept_lengths: per verification step and row, tokens emitted by that verification (accepted drafts + 1
-    bonus) — τ is their mean. accepted_at[i]: how many (row, step) verifications accepted at least i drafts
+    bonus, cut at max new tokens / EOS: only tokens that reach the output count) — τ is their mean.
+    accepted_at[i]: how many (row, step) verifications accepted at least i drafts
     (accepted_at[0] = verifications).
     """
 
@@ -301,13 +302,13 @@ class SpeculativeDecoder:
             tok_list = tree.tokens.tolist()
             for i, r in enumerate(rows):
                 new = [tok_list[i][c] for c in paths[i][1:]] + [bonus[i]]
-                st.accept_lengths.append(len(new))
                 room = cfg.max_new_tokens - len(outputs[r])
                 new = new[:room]
                 for x_i, x in enumerate(new):
                     if x in eos:
                         new = new[: x_i + 1]
                         break
+                st.accept_lengths.append(len(new))  # only tokens emitted (after the max-new-tokens/EOS cut)
                 outputs[r] += new
                 done[r] = len(outputs[r]) >= cfg.max_new_tokens or (bool(new) and new[-1] in eos)
             if speculate and not all(done[r] for r in rows):
