@@ -153,6 +153,9 @@ def _load_draft(opts: BenchOptions, target, device, dtype):
         from specforge.export import load_draft
         from specforge.modeling.auto import check_draft_target_compat
 
+        from specforge.shipped_drafts import resolve_draft
+
+        real = resolve_draft(real, "--speculative-draft-model-path")
         if not os.path.isdir(real):
             raise SpecforgeError(f"--speculative-draft-model-path {real}: not a directory; pass a checkpoint "
                                  "(OUTPUT_DIR/epoch_<i>), an export dir, or 'oracle'.")
@@ -161,7 +164,8 @@ def _load_draft(opts: BenchOptions, target, device, dtype):
         check_draft_target_compat(eagle.config, target.config)
         eagle.load_embedding(target.get_input_embeddings().weight)
         eagle.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        aux = list(draft_aux) if draft_aux else aux_layer_ids(layers, None)
+        # draft_aux: HF hidden_states indices (= vLLM's top-level field); the one function decides
+        aux = aux_layer_ids(layers, {"eagle_aux_hidden_state_layer_ids": draft_aux} if draft_aux else None)
     if path.startswith("oracle"):
         if opts.temperature > 0:
             raise SpecforgeError("--speculative-draft-model-path oracle needs --temperature 0 (it proposes the "

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model-path", default=DEFAULT_TARGET, help="target model (HF dir or the offline default)")
     parser.add_argument("--speculative-draft-model-path", default=None,
-                        help="EAGLE-3 draft checkpoint dir (e.g. OUTPUT_DIR/epoch_0), 'oracle' or 'oracle:DIR'")
+                        help="EAGLE-3 draft: a dir (e.g. OUTPUT_DIR/epoch_0), a shipped draft's name "
+                             "(drafts/NAME, e.g. smollm2-135m-instruct-eagle3), 'oracle' or 'oracle:DIR'")
     parser.add_argument("--config-list", nargs="+", default=["1,3,1,4"],
                         help="configs batch_size,num_steps,topk,num_verify_tokens (steps 0 = no speculation)")
     parser.add_argument("--benchmark-list", nargs="+", default=["mtbench:5"],

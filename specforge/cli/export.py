@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_speculative_tokens < 1:
         raise SpecforgeError("--num-speculative-tokens must be >= 1.")
+    from specforge.shipped_drafts import resolve_draft
+
+    args.checkpoint = resolve_draft(args.checkpoint, "--checkpoint")  # a path, or a shipped draft's name
     layout = layout_name(args.to, args.vllm_layout)
     opts = ExportOptions(dtype=args.dtype, verifier=args.verifier, num_speculative_tokens=args.num_speculative_tokens)
     report = export_draft(args.checkpoint, args.output_dir, layout, args.target_model_path, opts, force=args.force)
