@@ -185,3 +185,21 @@ def test_tau_counts_only_emitted_tokens(target, references, cut):
     assert outs[0] == ref[:j + 1]
     assert st.accept_lengths == [j] and st.tau == float(j)
     assert st.new_tokens == 1 + sum(st.accept_lengths)
+
+
+@pytest.mark.parametrize("conf", [(3, 1, 4), (5, 3, 6)], ids=lambda c: "/".join(map(str, c)))
+def test_bf16_greedy_equals_the_bf16_targets_own_generate(conf):
+    """bf16 target and draft (what `bench --dtype auto` picks on CPUs with native bf16): the output equals
+    the bf16 target's own greedy ``generate`` (its reference is the same-dtype target, not fp32)."""
+    torch.manual_seed(0)
+    target = LlamaForCausalLM(tiny_llama_config()).eval().to(torch.bfloat16)
+    torch.manual_seed(1)
+    draft = LlamaForCausalLMEagle3(tiny_llama_config(num_hidden_layers=1, draft_vocab_size=300)).eval()
+    draft.load_embedding(target.model.embed_tokens.weight)
+    draft.to(torch.bfloat16)
+    refs = [_strip_eos(target.generate(torch.tensor([p]), max_new_tokens=N, do_sample=False)[0, len(p):].tolist())
+            for p in PROMPTS]
+    cfg = SpecConfig(*conf, max_new_tokens=N, eos_token_ids=(2,))
+    outs, st = SpeculativeDecoder(target, Eagle3Drafter(draft), cfg, aux_layer_ids=[1, 2, 3]).generate(PROMPTS)
+    assert outs == refs
+    assert st.verify_calls > 0

@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per answer")
     parser.add_argument("--system-prompt", default=None, help="system message prepended to every conversation")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bf16 on CUDA and on CPUs with avx512_bf16/amx, else fp32), float32, bfloat16, "
+                             "float16; greedy output equals the target's own in that dtype")
     parser.add_argument("--assistant-model", default=None, help="small model for the HF assisted-generation baseline")
     parser.add_argument("--baselines", nargs="*", default=["prompt_lookup"], choices=["prompt_lookup", "assisted"],
                         help="extra baselines (vanilla greedy always runs; assisted is added by --assistant-model)")

@@ -23,7 +23,7 @@ import torch
 from specforge.errors import SpecforgeError
 from specforge.inference.drafters import Drafter
 from specforge.modeling.compat import cache_kwargs
-from specforge.inference.kv import additive_mask, keep_new_slots, step_mask
+from specforge.inference.kv import additive_mask, apply_slot_moves, slot_moves, step_mask
 from specforge.inference.sampling import verify_tree
 from specforge.inference.tree import DraftTree, ancestor_mask, select_tree, tree_position_ids
 
@@ -150,13 +150,16 @@ class SpeculativeDecoder:
         return out.logits, aux
 
     def _compact_target(self, cache, lengths, src, counts) -> None:
+        moves = None  # one plan for every layer (all layers hold the same slots)
         for layer in cache.layers:
             if type(layer).__name__ != "DynamicLayer":
                 raise SpecforgeError(
                     f"the built-in decoder supports full-attention KV caches only (got {type(layer).__name__})."
                 )
-            layer.keys = keep_new_slots(layer.keys, lengths, src, counts)
-            layer.values = keep_new_slots(layer.values, lengths, src, counts)
+            if moves is None:
+                moves = slot_moves(lengths, src, counts, layer.keys.shape[2] - src.shape[1])
+            layer.keys = apply_slot_moves(layer.keys, moves)
+            layer.values = apply_slot_moves(layer.values, moves)
 
     # ---- drafting -------------------------------------------------------------------------------------
 
