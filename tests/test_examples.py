@@ -20,7 +20,7 @@ PENDING = {"scripts/generate_data_by_target.py"}
 def specforge_calls(script: Path) -> list[tuple[str, str, list[str]]]:
     """``(how it is called, specforge command, arguments)`` for every specforge call in a bash script."""
     text = script.read_text(encoding="utf-8")
-    text = re.sub(r"<<'PY'.*?\nPY\n", "\n", text, flags=re.S)  # inline Python is not a specforge call
+    text = re.sub(r"<<'PY'.*?\nPY\n", "\n", text, flags=re.DOTALL)  # inline Python is not a specforge call
     text = text.replace("\\\n", " ")
     calls = []
     for line in text.splitlines():
