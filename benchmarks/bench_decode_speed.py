@@ -102,7 +102,7 @@ def decode(targets: dict, prompts: list[list[int]], eos: set, max_new: int, repe
     from specforge.inference.drafters import Eagle3Drafter, OracleDrafter
     from specforge.modeling.target import aux_layer_ids
 
-    base = dict(temperature=0.0, max_new_tokens=max_new, eos_token_ids=tuple(sorted(eos)))
+    base = {"temperature": 0.0, "max_new_tokens": max_new, "eos_token_ids": tuple(sorted(eos))}
     stats: dict = {}
     same: dict = {}  # per dtype and decode: None = equal to the same-dtype HF greedy output, else 1st differing index
     refs: dict = {}
