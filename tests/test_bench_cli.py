@@ -10,7 +10,8 @@ import torch
 from specforge.cli import main
 
 FIELDS = {"benchmark", "num_samples", "method", "config", "config_str", "accept_length", "acceptance_rates",
-          "accept_histogram", "tokens_per_s", "wall_time_s", "speedup", "new_tokens", "verify_steps"}
+          "accept_histogram", "tokens_per_s", "wall_time_s", "speedup", "new_tokens", "verify_steps",
+          "t_target_ms", "t_verify_ms", "t_draft_ms", "ideal_speedup"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,14 @@ def test_bench_end_to_end(tmp_path, tiny_target_dir, tiny_draft_dir, capsys):
             assert r["speedup"] > 0
             # Greedy: the speculative decoder emits exactly what vanilla greedy emits.
             assert r["new_tokens"] == van["new_tokens"]
+            # where the time goes: vanilla's step, one verification, the draft's work per verification
+            assert r["t_target_ms"] > 0 and r["t_verify_ms"] > 0 and r["t_draft_ms"] > 0
+            assert r["ideal_speedup"] == pytest.approx(
+                r["accept_length"] * r["t_target_ms"] / (r["t_verify_ms"] + r["t_draft_ms"]))
+        steps0 = by[(bench, "eagle3", "1,0,1,1")]
+        assert steps0["t_verify_ms"] > 0 and steps0["t_draft_ms"] is None and steps0["ideal_speedup"] is None
+        assert van["t_target_ms"] == pytest.approx(1000 * van["wall_time_s"] / van["new_tokens"])
+        assert van["t_verify_ms"] is None
         assert by[(bench, "eagle3", "1,0,1,1")]["accept_length"] is None
         assert by[(bench, "prompt_lookup", "1,0,0,0")]["speedup"] > 0
     assert (tmp_path / "out_tau_hist.png").stat().st_size > 0

@@ -74,9 +74,10 @@ def test_oracle_accepts_everything_wrong_accepts_nothing(target, references, con
     _, long_refs = references
     rows = [0, 1, 2]
     prompts = [PROMPTS[r] for r in rows]
-    cfg = SpecConfig(*conf, max_new_tokens=N)
+    n = 25  # 1 (prefill) + 24 new tokens: a multiple of every config's full step (4, 6, 8)
+    cfg = SpecConfig(*conf, max_new_tokens=n)
     _, st = SpeculativeDecoder(target, OracleDrafter(long_refs, 512), cfg).generate(prompts)
-    # The references run past N + steps tokens, so every step is a full step.
+    # The references run past n + steps tokens and n - 1 is a multiple of steps + 1: every step is full.
     assert st.accept_lengths and set(st.accept_lengths) == {conf[0] + 1}
     assert st.tau == conf[0] + 1
     assert st.acceptance_rates() == [1.0] * conf[0]
@@ -84,7 +85,7 @@ def test_oracle_accepts_everything_wrong_accepts_nothing(target, references, con
         outs, st = SpeculativeDecoder(target, OracleDrafter(long_refs, 512, wrong=True), cfg).generate(prompts)
         assert set(st.accept_lengths) == {1} and st.tau == 1.0
         assert st.histogram()[0] == len(st.accept_lengths)
-        assert [o for o in outs] == [r[len(p):len(p) + N] for r, p in zip(long_refs, prompts)]
+        assert [o for o in outs] == [r[len(p):len(p) + n] for r, p in zip(long_refs, prompts)]
 
 
 def test_eagle3_drafter_cache_matches_full_recompute(target, eagle_draft):
@@ -165,3 +166,40 @@ def test_rows_stop_at_eos_independently(target, references, eagle_draft, conf):
     cfg = SpecConfig(*conf, max_new_tokens=N, eos_token_ids=(eos,))
     outs, _ = SpeculativeDecoder(target, Eagle3Drafter(eagle_draft), cfg, aux_layer_ids=[1, 2, 3]).generate(PROMPTS)
     assert outs == refs
+
+
+@pytest.mark.parametrize("cut", ["max_new_tokens", "eos"])
+def test_tau_counts_only_emitted_tokens(target, references, cut):
+    """A 7/1/8 oracle cut by max new tokens or by an EOS inside its first verification: τ counts only the
+    tokens that reach the output (the 1st new token comes from the prefill), not the 8 it accepted."""
+    _, long_refs = references
+    r = 2
+    p, ref = PROMPTS[r], long_refs[r][len(PROMPTS[r]):]
+    if cut == "eos":  # the first new token (index >= 1) not seen before acts as EOS
+        j = next(j for j in range(1, 7) if ref[j] not in ref[:j])
+        cfg = SpecConfig(7, 1, 8, max_new_tokens=N, eos_token_ids=(ref[j],))
+    else:
+        j = 4
+        cfg = SpecConfig(7, 1, 8, max_new_tokens=5)
+    outs, st = SpeculativeDecoder(target, OracleDrafter([long_refs[r]], 512), cfg).generate([p])
+    assert outs[0] == ref[:j + 1]
+    assert st.accept_lengths == [j] and st.tau == float(j)
+    assert st.new_tokens == 1 + sum(st.accept_lengths)
+
+
+@pytest.mark.parametrize("conf", [(3, 1, 4), (5, 3, 6)], ids=lambda c: "/".join(map(str, c)))
+def test_bf16_greedy_equals_the_bf16_targets_own_generate(conf):
+    """bf16 target and draft (what `bench --dtype auto` picks on CPUs with native bf16): the output equals
+    the bf16 target's own greedy ``generate`` (its reference is the same-dtype target, not fp32)."""
+    torch.manual_seed(0)
+    target = LlamaForCausalLM(tiny_llama_config()).eval().to(torch.bfloat16)
+    torch.manual_seed(1)
+    draft = LlamaForCausalLMEagle3(tiny_llama_config(num_hidden_layers=1, draft_vocab_size=300)).eval()
+    draft.load_embedding(target.model.embed_tokens.weight)
+    draft.to(torch.bfloat16)
+    refs = [_strip_eos(target.generate(torch.tensor([p]), max_new_tokens=N, do_sample=False)[0, len(p):].tolist())
+            for p in PROMPTS]
+    cfg = SpecConfig(*conf, max_new_tokens=N, eos_token_ids=(2,))
+    outs, st = SpeculativeDecoder(target, Eagle3Drafter(draft), cfg, aux_layer_ids=[1, 2, 3]).generate(PROMPTS)
+    assert outs == refs
+    assert st.verify_calls > 0

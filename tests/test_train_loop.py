@@ -143,6 +143,9 @@ def test_loop_matches_manual_adamw_clip_schedule(tmp_path):
     assert losses[-1] < losses[0]
     evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [2, 4] and len(evals[0]["acc"]) == 2
+    a0, a1 = evals[-1]["acc"]  # simulated τ of chains 1/1/2 and 2/1/3, the last = accept_len
+    assert evals[-1]["sim_tau"] == pytest.approx([1 + a0, 1 + a0 + a0 * a1]) and evals[-1]["sim_tau"][-1] == \
+        pytest.approx(evals[-1]["accept_len"])
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
 
 

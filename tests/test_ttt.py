@@ -86,7 +86,9 @@ def naive_ttt(draft, ids, am, lm, aux, logits, K):
         losses.append(loss_i.detach())
         pred = logp.argmax(-1)
         correct = (pred + draft.d2t[pred] == cur_tid) & valid
-        accs.append(correct.sum() / max(int(valid.sum()), 1))
+        # accuracy scores every supervised position: a teacher argmax outside the draft vocab is a miss
+        scored = lm_s.bool() & am.bool() & am_t.bool()
+        accs.append(correct.sum() / max(int(scored.sum()), 1))
         cur_ids, tp, tm, cur_tid, cur_tin, am_t, lm_s = (shift_left(t) for t in (cur_ids, tp, tm, cur_tid, cur_tin,
                                                                                  am_t, lm_s))
     return total, torch.stack(losses), torch.stack(accs)
@@ -121,6 +123,7 @@ def test_ttt_matches_naive_reference(backend, pad):
     torch.testing.assert_close(m["step_loss"], ref_steps, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(m["step_acc"], ref_acc)
     assert m["step_valid"].min() > 0
+    assert (m["step_scored"] > m["step_valid"]).all()  # some teacher argmaxes are outside the draft vocab
     for (n, p), (_, rp) in zip(draft.named_parameters(), ref_draft.named_parameters()):
         if rp.grad is None:
             assert p.grad is None or p.grad.abs().max() == 0, n
@@ -129,6 +132,36 @@ def test_ttt_matches_naive_reference(backend, pad):
     assert draft.embed_tokens.weight.grad is None  # frozen
     acc_len = 1 + torch.cumprod(m["step_acc"], 0).sum()
     torch.testing.assert_close(m["accept_length"], acc_len)
+
+
+def test_accuracy_counts_out_of_draft_vocab_teachers_as_misses():
+    """A draft that always proposes target id 0, a teacher whose argmax is 0 except at some positions where
+    it is id 1 (outside the draft vocab): those positions are misses in the accuracy, not skipped."""
+    K = 3
+    ids, am, lm, aux, _ = batch(pad=True)
+    B, L = ids.shape
+    d = make_draft()
+    with torch.no_grad():
+        d.lm_head.weight.zero_()  # all draft logits equal: argmax = draft id 0 = target id 0
+    oov = torch.zeros(B, L, dtype=torch.bool)
+    oov[:, 5::2] = True
+    logits = torch.zeros(B, L, V)
+    logits[..., 0] = 5.0
+    logits[oov] = 0.0
+    logits[..., 1][oov] = 5.0  # target id 1: odd, not in the draft vocab
+    _, m = Eagle3TTT(d, ttt_length=K)(ids, am, lm, aux, logits)
+    for i in range(K):
+        scored = hits = 0
+        for b in range(B):
+            for t in range(L - i - 1):  # index t at step i is scored against the teacher at t + i + 1
+                if lm[b, t + i] and am[b, t] and am[b, t + i + 1]:
+                    scored += 1
+                    hits += int(not oov[b, t + i + 1])
+        assert 0 < hits < scored
+        assert float(m["step_acc"][i]) == pytest.approx(hits / scored)
+        assert int(m["step_valid"][i]) == hits and int(m["step_scored"][i]) == scored  # loss: in-vocab only
+    acc = m["step_acc"].tolist()
+    assert float(m["accept_length"]) == pytest.approx(1 + acc[0] + acc[0] * acc[1] + acc[0] * acc[1] * acc[2])
 
 
 def test_teacher_from_hidden_equals_logits_and_expected_acceptance():

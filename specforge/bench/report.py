@@ -27,16 +27,19 @@ def _fmt(v, nd=2):
 
 
 def print_table(records: list[dict]) -> None:
-    """One row per record: benchmark, method, config, τ, tokens/s, speed-up, wall time, samples."""
+    """One row per record: benchmark, method, config, τ, tokens/s, speed-up, where the time goes
+    (t_target / t_verify / t_draft, see :func:`specforge.bench.runner.step_times`), wall time, samples."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="specforge bench")
-    for col in ("benchmark", "method", "config", "τ", "tok/s", "speed-up", "wall s", "samples"):
+    for col in ("benchmark", "method", "config", "τ", "tok/s", "speed-up", "t_target ms", "t_verify ms",
+                "t_draft ms", "wall s", "samples"):
         table.add_column(col, justify="left" if col in ("benchmark", "method", "config") else "right")
     for r in records:
         table.add_row(r["benchmark"], r["method"], r["config_str"], _fmt(r.get("accept_length")),
-                      _fmt(r["tokens_per_s"], 1), _fmt(r.get("speedup")), _fmt(r["wall_time_s"], 1),
+                      _fmt(r["tokens_per_s"], 1), _fmt(r.get("speedup")), _fmt(r.get("t_target_ms"), 1),
+                      _fmt(r.get("t_verify_ms"), 1), _fmt(r.get("t_draft_ms"), 1), _fmt(r["wall_time_s"], 1),
                       str(r["num_samples"]))
     Console(stderr=False).print(table)
 

@@ -152,7 +152,9 @@ def _load_draft(opts: BenchOptions, target, device, dtype):
     if real:
         from specforge.export import load_draft
         from specforge.modeling.auto import check_draft_target_compat
+        from specforge.shipped_drafts import resolve_draft
 
+        real = resolve_draft(real, "--speculative-draft-model-path")
         if not os.path.isdir(real):
             raise SpecforgeError(f"--speculative-draft-model-path {real}: not a directory; pass a checkpoint "
                                  "(OUTPUT_DIR/epoch_<i>), an export dir, or 'oracle'.")
@@ -161,7 +163,8 @@ def _load_draft(opts: BenchOptions, target, device, dtype):
         check_draft_target_compat(eagle.config, target.config)
         eagle.load_embedding(target.get_input_embeddings().weight)
         eagle.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        aux = list(draft_aux) if draft_aux else aux_layer_ids(layers, None)
+        # draft_aux: HF hidden_states indices (= vLLM's top-level field); the one function decides
+        aux = aux_layer_ids(layers, {"eagle_aux_hidden_state_layer_ids": draft_aux} if draft_aux else None)
     if path.startswith("oracle"):
         if opts.temperature > 0:
             raise SpecforgeError("--speculative-draft-model-path oracle needs --temperature 0 (it proposes the "
@@ -175,9 +178,32 @@ def _load_draft(opts: BenchOptions, target, device, dtype):
     return (lambda prompts, refs: Eagle3Drafter(eagle)), aux, path
 
 
+def step_times(st: DecodeStats, vanilla: DecodeStats, batch_size: int, engine: bool, spec: bool) -> dict:
+    """Where a config's time goes, in ms (None where it does not apply).
+
+    ``t_target_ms``: one plain decoding step of the vanilla baseline at this batch size (its wall time per
+    new token of a row, prefill included); ``t_verify_ms``: one verification forward of the built-in
+    decoder (for steps 0, its plain decoding forward); ``t_draft_ms``: the draft's work per verification
+    (all ``num_steps`` draft forwards of the tree plus committing the accepted tokens). A speculative
+    config beats vanilla when ``τ · t_target > t_verify + t_draft + overhead``; ``ideal_speedup`` is
+    ``τ · t_target / (t_verify + t_draft)`` with τ the emitted tokens per verification.
+    """
+    rows_tokens = vanilla.new_tokens / max(1, batch_size)
+    t_target = 1000 * vanilla.wall_s / rows_tokens if rows_tokens > 0 else None
+    calls = st.verify_calls if engine else 0
+    t_verify = 1000 * st.verify_s / calls if calls else None
+    t_draft = 1000 * st.draft_step_s / calls if spec and calls else None
+    ideal = None
+    if spec and t_target and t_verify is not None and t_draft is not None and st.accept_lengths:
+        tau = sum(st.accept_lengths) / len(st.accept_lengths)
+        ideal = tau * t_target / (t_verify + t_draft)
+    return {"t_target_ms": t_target, "t_verify_ms": t_verify, "t_draft_ms": t_draft, "ideal_speedup": ideal}
+
+
 def run_bench(opts: BenchOptions) -> list[dict]:
     """Run every benchmark x method; returns the records (also written to ``opts.output``)."""
-    from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device, resolve_dtype
+    from specforge.inference.precision import decode_dtype
+    from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device
 
     for spec in opts.benchmarks:
         parse_benchmark(spec)  # fail fast on a typo, before loading models
@@ -186,7 +212,7 @@ def run_bench(opts: BenchOptions) -> list[dict]:
         raise SpecforgeError("configs with num_steps > 0 need --speculative-draft-model-path "
                              "(a draft checkpoint dir, or 'oracle' to measure the decoder's ceiling).")
     device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
+    dtype = decode_dtype(opts.dtype, device)
     torch.manual_seed(opts.seed)
     tokenizer = load_tokenizer(opts.model_path)
     target = load_target_model(opts.model_path, dtype=dtype, device=device)
@@ -213,6 +239,7 @@ def run_bench(opts: BenchOptions) -> list[dict]:
                                refs if method.name == "vanilla" else None)
         base = vanilla.get(method.batch_size)
         spec = method.name == "eagle3" and method.cfg.num_steps > 0
+        timing = step_times(st, base if base is not None else st, method.batch_size, method.name == "eagle3", spec)
         rec = {
             "benchmark": bench, "num_samples": len(samples), "num_turns": sum(len(s.turns) for s in samples),
             "method": method.name, "config": method.config,
@@ -227,6 +254,7 @@ def run_bench(opts: BenchOptions) -> list[dict]:
             "tokens_per_s": st.tokens_per_s, "wall_time_s": st.wall_s,
             "target_time_s": st.target_s if method.name == "eagle3" else None,
             "draft_time_s": st.draft_s if spec else None,
+            **timing,
             "speedup": (base.wall_s / st.wall_s) if base is not None and st.wall_s > 0 else None,
             "speedup_tokens_per_s": (st.tokens_per_s / base.tokens_per_s) if base is not None and
             base.tokens_per_s > 0 else None,

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model-path", default=DEFAULT_TARGET, help="target model (HF dir or the offline default)")
     parser.add_argument("--speculative-draft-model-path", default=None,
-                        help="EAGLE-3 draft checkpoint dir (e.g. OUTPUT_DIR/epoch_0), 'oracle' or 'oracle:DIR'")
+                        help="EAGLE-3 draft: a dir (e.g. OUTPUT_DIR/epoch_0), a shipped draft's name "
+                             "(drafts/NAME, e.g. smollm2-135m-instruct-eagle3), 'oracle' or 'oracle:DIR'")
     parser.add_argument("--config-list", nargs="+", default=["1,3,1,4"],
                         help="configs batch_size,num_steps,topk,num_verify_tokens (steps 0 = no speculation)")
     parser.add_argument("--benchmark-list", nargs="+", default=["mtbench:5"],
@@ -35,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per answer")
     parser.add_argument("--system-prompt", default=None, help="system message prepended to every conversation")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bf16 on CUDA and on CPUs with avx512_bf16/amx, else fp32), float32, bfloat16, "
+                             "float16; greedy output equals the target's own in that dtype")
     parser.add_argument("--assistant-model", default=None, help="small model for the HF assisted-generation baseline")
     parser.add_argument("--baselines", nargs="*", default=["prompt_lookup"], choices=["prompt_lookup", "assisted"],
                         help="extra baselines (vanilla greedy always runs; assisted is added by --assistant-model)")

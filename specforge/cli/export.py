@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_speculative_tokens < 1:
         raise SpecforgeError("--num-speculative-tokens must be >= 1.")
+    from specforge.shipped_drafts import resolve_draft
+
+    args.checkpoint = resolve_draft(args.checkpoint, "--checkpoint")  # a path, or a shipped draft's name
     if args.to == "gguf":
         from specforge.export import export_gguf
 

@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from specforge.export import validate_directory
     from specforge.modeling.loading import resolve_device
 
+    from specforge.shipped_drafts import resolve_draft
+
+    args.directory = resolve_draft(args.directory, "directory")  # a path, or a shipped draft's name
     report = validate_directory(args.directory, args.target_model_path, layout=args.layout,
                                 decode=not args.no_decode, device=resolve_device(args.device),
                                 decode_options={"num_steps": args.num_steps, "max_new_tokens": args.max_new_tokens})

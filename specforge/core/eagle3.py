@@ -190,8 +190,10 @@ class Eagle3TTT(nn.Module):
         ``aux_hidden [B,L,3*Ht]``, ``teacher`` a :class:`TeacherTargets` or full logits ``[B,L,V]``,
         ``position_ids [B,L]`` (default ``arange(L)``, as the target used).
         Returns ``(loss, metrics)``: scalar loss with grad; metrics of detached tensors: ``loss``,
-        ``step_loss [K]``, ``step_acc [K]`` (valid-position accuracy), ``step_correct [K]``,
-        ``step_valid [K]``, ``step_expected_accept [K]`` (mean of sum min(p_teacher, p_draft)),
+        ``step_loss [K]``, ``step_acc [K]`` (accuracy over ``step_scored [K]`` positions: the trained ones
+        plus those whose teacher argmax is outside the draft vocab, which count as misses), ``step_correct [K]``,
+        ``step_valid [K]`` (trained positions), ``step_expected_accept [K]`` (mean of sum min(p_teacher, p_draft)
+        over trained positions),
         ``accepted_drafts`` (sum_k prod_{j<=k} step_acc_j) and ``accept_length`` (1 + that, like tau).
         """
         draft = self.draft
@@ -211,7 +213,8 @@ class Eagle3TTT(nn.Module):
         dtype = next(p for p in draft.parameters() if p.requires_grad).dtype
         hidden = draft.project_hidden_states(aux_hidden.to(dtype))
         cache: list = []
-        xs, rows_all, ws, steps = [], [], [], []
+        xs, rows_all, ws, steps, scored = [], [], [], [], []
+        every = torch.ones_like(tin)
         for i in range(self.ttt_length):
             # step i reads token t+i+1 at position t+i
             ids = ttt_input_ids(input_ids, i)
@@ -223,16 +226,19 @@ class Eagle3TTT(nn.Module):
             cnt = b.numel()
             ws.append(torch.full((cnt,), (self.step_weight ** i) / max(cnt, 1), device=dev))
             steps.append(cnt)
+            # accuracy also scores positions whose teacher argmax is outside the draft vocab: certain misses
+            # at decode time, so the simulated acceptance length predicts the decoded τ (the loss skips them)
+            scored.append(ttt_valid_mask(i, lm, am, every).sum())
         h = torch.cat(xs)
         rows = torch.cat(rows_all)
         loss, ce, arg, acc = _head_soft_ce(draft, h, tprobs, rows, tmass.index_select(0, rows), torch.cat(ws))
         with torch.no_grad():
             correct = (arg + draft.d2t[arg]) == tids.index_select(0, rows)
-            metrics = self._metrics(loss, ce, correct, acc, steps)
+            metrics = self._metrics(loss, ce, correct, acc, steps, torch.stack(scored).float())
         return loss, metrics
 
     @staticmethod
-    def _metrics(loss, ce, correct, acc, steps):
+    def _metrics(loss, ce, correct, acc, steps, scored):
         K = len(steps)
         seg = torch.repeat_interleave(torch.arange(K, device=ce.device), torch.tensor(steps, device=ce.device))
         valid = torch.tensor(steps, dtype=torch.float32, device=ce.device)
@@ -242,11 +248,11 @@ class Eagle3TTT(nn.Module):
 
         denom = valid.clamp(min=1)
         step_correct = per_step(correct)
-        step_acc = step_correct / denom
+        step_acc = step_correct / scored.clamp(min=1)
         accepted = torch.cumprod(step_acc, 0).sum()
         return {
             "loss": loss.detach(), "step_loss": per_step(ce) / denom, "step_acc": step_acc,
-            "step_correct": step_correct, "step_valid": valid,
+            "step_correct": step_correct, "step_valid": valid, "step_scored": scored,
             "step_expected_accept": per_step(acc) / denom,
             "accepted_drafts": accepted, "accept_length": 1.0 + accepted,
         }

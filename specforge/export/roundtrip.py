@@ -63,13 +63,13 @@ def load_draft(directory: str | os.PathLike):
 def aux_ids_for(source: "formats.DraftSource", num_target_layers: int) -> list[int]:
     """The aux ids a decoder must feed this draft, as HF ``hidden_states`` indices.
 
-    Goes through the trainer's own ``specforge.modeling.target.aux_layer_ids`` (with the ids in the
-    config form the trainer reads) so decoding uses exactly the states the draft was trained on.
+    Goes through the trainer's own ``specforge.modeling.target.aux_layer_ids`` (the one function that
+    decides the layers for every stage) so decoding uses exactly the states the draft was trained on.
     """
     try:
         from specforge.modeling.target import aux_layer_ids
     except ImportError:  # pragma: no cover - target package absent
         return list(source.aux_ids) if source.aux_ids else spec.default_aux_ids(num_target_layers)
-    cfg = {} if not source.aux_ids else {
-        "eagle_config": {"eagle_aux_hidden_state_layer_ids": spec.to_sglang_ids(source.aux_ids)}}
+    # source.aux_ids are HF hidden_states indices: the top-level (vLLM, "input of layer i") field
+    cfg = {"eagle_aux_hidden_state_layer_ids": list(source.aux_ids)} if source.aux_ids else None
     return aux_layer_ids(num_target_layers, cfg)

@@ -23,7 +23,7 @@ import torch
 from specforge.errors import SpecforgeError
 from specforge.inference.drafters import Drafter
 from specforge.modeling.compat import cache_kwargs
-from specforge.inference.kv import additive_mask, keep_new_slots, step_mask
+from specforge.inference.kv import additive_mask, apply_slot_moves, slot_moves, step_mask
 from specforge.inference.sampling import verify_tree
 from specforge.inference.tree import DraftTree, ancestor_mask, select_tree, tree_position_ids
 
@@ -57,7 +57,8 @@ class DecodeStats:
     """What one :meth:`SpeculativeDecoder.generate` call measured.
 
     accept_lengths: per verification step and row, tokens emitted by that verification (accepted drafts + 1
-    bonus) — τ is their mean. accepted_at[i]: how many (row, step) verifications accepted at least i drafts
+    bonus, cut at max new tokens / EOS: only tokens that reach the output count) — τ is their mean.
+    accepted_at[i]: how many (row, step) verifications accepted at least i drafts
     (accepted_at[0] = verifications).
     """
 
@@ -149,13 +150,16 @@ class SpeculativeDecoder:
         return out.logits, aux
 
     def _compact_target(self, cache, lengths, src, counts) -> None:
+        moves = None  # one plan for every layer (all layers hold the same slots)
         for layer in cache.layers:
             if type(layer).__name__ != "DynamicLayer":
                 raise SpecforgeError(
                     f"the built-in decoder supports full-attention KV caches only (got {type(layer).__name__})."
                 )
-            layer.keys = keep_new_slots(layer.keys, lengths, src, counts)
-            layer.values = keep_new_slots(layer.values, lengths, src, counts)
+            if moves is None:
+                moves = slot_moves(lengths, src, counts, layer.keys.shape[2] - src.shape[1])
+            layer.keys = apply_slot_moves(layer.keys, moves)
+            layer.values = apply_slot_moves(layer.values, moves)
 
     # ---- drafting -------------------------------------------------------------------------------------
 
@@ -301,13 +305,13 @@ class SpeculativeDecoder:
             tok_list = tree.tokens.tolist()
             for i, r in enumerate(rows):
                 new = [tok_list[i][c] for c in paths[i][1:]] + [bonus[i]]
-                st.accept_lengths.append(len(new))
                 room = cfg.max_new_tokens - len(outputs[r])
                 new = new[:room]
                 for x_i, x in enumerate(new):
                     if x in eos:
                         new = new[: x_i + 1]
                         break
+                st.accept_lengths.append(len(new))  # only tokens emitted (after the max-new-tokens/EOS cut)
                 outputs[r] += new
                 done[r] = len(outputs[r]) >= cfg.max_new_tokens or (bool(new) and new[-1] in eos)
             if speculate and not all(done[r] for r in rows):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from specforge.inference.kv import contiguous_src, keep_new_slots, step_mask, valid_key_mask
+from specforge.inference.kv import apply_slot_moves, contiguous_src, slot_moves, step_mask, valid_key_mask
 
 
 class Drafter:
@@ -187,7 +187,8 @@ class Eagle3Drafter(Drafter):
         src, counts = contiguous_src(valid)
         k = k_new if self.kv is None else torch.cat([self.kv[0], k_new], 2)
         v = v_new if self.kv is None else torch.cat([self.kv[1], v_new], 2)
-        self.kv = (keep_new_slots(k, self.lengths, src, counts), keep_new_slots(v, self.lengths, src, counts))
+        moves = slot_moves(self.lengths, src, counts, k.shape[2] - t)
+        self.kv = (apply_slot_moves(k, moves), apply_slot_moves(v, moves))
         self.lengths = self.lengths + counts
         last = src.gather(1, (counts - 1).clamp(min=0)[:, None])  # [B, 1] index of the last valid new slot
         self.last_hidden = out.gather(1, last[:, :, None].expand(b, 1, out.shape[-1]))  # [B, 1, H]

@@ -78,7 +78,8 @@ def make_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
     Runs the target under no-grad (``target``: :class:`specforge.modeling.target.HFEagle3TargetModel`),
     builds the teacher restricted to the draft vocab, then ``model`` (the TTT module, possibly DDP-wrapped).
     ``batch``: ``input_ids``, ``attention_mask``, ``loss_mask`` ``[B,L]``. ``metrics``: per-position ``[K]``
-    ``acc`` (pooled), ``pos_loss``, ``expected_accept`` plus raw ``correct``/``valid`` counts.
+    ``acc`` (pooled; positions whose teacher argmax is outside the draft vocab count as misses), ``pos_loss``,
+    ``expected_accept`` plus raw ``correct``/``valid`` counts.
     """
 
     def forward_fn(batch):
@@ -87,7 +88,7 @@ def make_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
             out = target.generate_eagle3_data(ids, att)
             teacher = target.teacher(out, t2d)
         loss, m = model(ids, att, lm, out.aux_hidden, teacher)
-        return loss, {"correct": m["step_correct"], "valid": m["step_valid"], "pos_loss": m["step_loss"],
+        return loss, {"correct": m["step_correct"], "valid": m["step_scored"], "pos_loss": m["step_loss"],
                       "expected_accept": m["step_expected_accept"]}
 
     return forward_fn

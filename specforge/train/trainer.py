@@ -240,6 +240,8 @@ class Trainer:
             record["acc"] = [c / v if v > 0 else 0.0 for c, v in zip(correct, valid)]
         if isinstance(record.get("acc"), list) and "accept_len" not in record:
             record["accept_len"] = accept_length(record["acc"])
+            # simulated τ of a chain of k drafts (bench config 1,k,1,k+1), k = 1..K: what `bench` should decode
+            record["sim_tau"] = [accept_length(record["acc"][:k]) for k in range(1, len(record["acc"]) + 1)]
         return record
 
     def _log(self, record: dict) -> None:
@@ -252,6 +254,11 @@ class Trainer:
             acc = record.get("acc")
             logger.info("eval step %d: loss %.4f%s", record["step"], record["loss"],
                         f", acc {[round(a, 3) for a in acc]}, accept_len {record['accept_len']:.3f}" if acc else "")
+            if acc:
+                sim = record["sim_tau"]
+                logger.info("eval step %d: simulated τ %s (compare `bench --config-list %s`)", record["step"],
+                            ", ".join(f"{k}/1/{k + 1} {sim[k - 1]:.2f}" for k in sorted({min(3, len(sim)), len(sim)})),
+                            " ".join(f"1,{k},1,{k + 1}" for k in sorted({min(3, len(sim)), len(sim)})))
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path | None:
