@@ -30,7 +30,7 @@ fi
 # The target re-answers up to 3 user turns of conversations whose questions are short enough to leave room for
 # the answers within MAXLEN tokens (longer ones would be cut away by the cache anyway).
 if [ ! -s "$WORK/dataset/sharegpt_train_3turns.jsonl" ]; then
-    $PY - "$WORK/dataset/sharegpt_train.jsonl" "$WORK/dataset/sharegpt_train_3turns.jsonl" <<'EOF'
+    $PY - "$WORK/dataset/sharegpt_train.jsonl" "$WORK/dataset/sharegpt_train_3turns.jsonl" <<'PY'
 import json, os, sys
 src, dst = sys.argv[1:]
 tmp = dst + ".tmp"
@@ -52,7 +52,7 @@ with open(src, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as g:
         kept += 1
 os.replace(tmp, dst)
 print(f"kept {kept} conversations (first 3 user turns, questions <= 3000 characters)")
-EOF
+PY
 fi
 head -n "$ROWS" "$WORK/dataset/sharegpt_train_3turns.jsonl" > "$WORK/dataset/regen_input.jsonl"
 
