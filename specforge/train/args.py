@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attention backend of the TTT unroll (eager, the memory-lean default, flex_attention; "
                         "'auto' = the memory-lean choice: sdpa on CPU, flex_attention on CUDA)")
     m.add_argument("--ttt-length", type=int, default=7, help="training-time-test unroll length K (loss weights 0.8^i)")
+    m.add_argument("--freeze-lm-head", action="store_true",
+                   help="initialise the draft lm_head from the target's rows of the draft vocab (and its final norm "
+                        "from the target's) and keep the lm_head frozen: less work per step")
 
     d = parser.add_argument_group("data")
     d.add_argument("--train-data-path", required=False, default=None, help="training conversations JSONL")
@@ -68,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--dtype", default="auto",
-                   help="compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16; draft master weights stay fp32")
+                   help="compute dtype of the target and the draft's autocast: auto (bf16 on CUDA and on CPUs with native bf16, "
+                        "i.e. avx512_bf16/amx_bf16; else fp32), float32, bfloat16, float16; draft master weights stay fp32")
     r.add_argument("--tp-size", type=int, default=1,
                    help="tensor-parallel size of the target: the torchrun world splits into world/tp data-parallel groups of tp "
                         "ranks that share one sharded target forward; needs a registered TP target class (Llama, Qwen2, Qwen3 built in)")

@@ -64,11 +64,11 @@ def run_training(args: argparse.Namespace):
     import torch
 
     from specforge.modeling.loading import (DEFAULT_TARGET, load_config, load_target_model, load_tokenizer,
-                                            load_tp_target, resolve_device, resolve_dtype)
+                                            load_tp_target, resolve_device)
     from specforge.train import dist
     from specforge.modeling.target import HFEagle3TargetModel
     from specforge.train.components import (build_draft, build_draft_config, build_ttt, make_forward_fn,
-                                            resolve_attention_backend)
+                                            resolve_attention_backend, resolve_train_dtype)
     from specforge.train.trackers import build_tracker, check_tracker_available
     from specforge.train.trainer import TrainConfig, Trainer
 
@@ -86,7 +86,8 @@ def run_training(args: argparse.Namespace):
     _check_tp(args, world.world_size, target_config)
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = resolve_train_dtype(args.dtype, device)
+    logger.info("compute dtype %s on %s (draft master weights fp32)", str(dtype).replace("torch.", ""), device)
     backend = resolve_attention_backend(args.draft_attention_backend, device)
     info = dist.init_distributed(device, args.dist_timeout, tp_size=args.tp_size)
     device = dist.rank_device(device, info)
@@ -116,7 +117,7 @@ def run_training(args: argparse.Namespace):
             target_lm = load_target_model(target_path, dtype=dtype, device=device)
         target = HFEagle3TargetModel(target_lm, draft_config=draft_config)
         torch.manual_seed(args.seed)  # the draft's initial weights depend on --seed only
-        draft = build_draft(draft_config, target_lm, cache, device)
+        draft = build_draft(draft_config, target_lm, cache, device, freeze_lm_head=args.freeze_lm_head)
         wrap = dist.wrap_fsdp if args.fsdp else dist.wrap_ddp
         model = wrap(build_ttt(draft, args.ttt_length, backend), device, info)
         forward_fn = make_forward_fn(model, target, draft.t2d)

@@ -138,7 +138,11 @@ class Trainer:
         else:
             ckpt.load_draft_weights(self.draft, path)
             if loaded["optimizer"] is not None:
-                self.optimizer.load_state_dict(loaded["optimizer"])
+                try:
+                    self.optimizer.load_state_dict(loaded["optimizer"])
+                except ValueError as e:  # e.g. resumed with a different --freeze-lm-head
+                    raise SpecforgeError(f"--resume {path}: its optimizer state does not fit this run's trainable "
+                                         f"parameters ({e}); resume with the same flags (e.g. --freeze-lm-head).") from None
         if loaded["scheduler"] is not None:
             self.scheduler.load_state_dict(loaded["scheduler"])
         self._rng_to_restore = loaded["rng"]
