@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("data")
     d.add_argument("--train-data-path", required=False, default=None, help="training conversations JSONL")
     d.add_argument("--eval-data-path", default=None, help="evaluation conversations JSONL (optional)")
+    d.add_argument("--hidden-states-path", default=None,
+                   help="train offline from a store written by `specforge prepare-hidden-states` (no target forward "
+                        "in the loop; replaces --train-data-path/--eval-data-path)")
     d.add_argument("--chat-template", default="auto",
                    help="registered chat template name; auto = the tokenizer's own chat template")
     d.add_argument("--max-length", type=int, default=2048, help="truncate tokenised samples to this many tokens")
@@ -92,8 +95,11 @@ def validate_args(args: argparse.Namespace) -> None:
             f"--model-path ({args.model_path}) differs from --target-model-path ({args.target_model_path}); "
             "they name the same target, pass one of them."
         )
-    if args.train_data_path is None:
-        raise SpecforgeError("--train-data-path is required (a conversations JSONL file).")
+    if args.train_data_path is None and not getattr(args, "hidden_states_path", None):
+        raise SpecforgeError("--train-data-path is required (a conversations JSONL file), or --hidden-states-path.")
+    if getattr(args, "hidden_states_path", None) and (args.train_data_path or args.eval_data_path):
+        raise SpecforgeError("--hidden-states-path replaces --train-data-path/--eval-data-path (the store holds "
+                             "its rows); pass one or the other.")
     if args.output_dir is None:
         raise SpecforgeError("--output-dir is required (where checkpoints are written).")
     positive = {"--num-epochs": args.num_epochs, "--batch-size": args.batch_size,

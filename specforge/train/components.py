@@ -71,6 +71,29 @@ def build_draft_config(args, target_config):
     return cfg
 
 
+def build_cache(args, target_path: str, draft_config, tokenizer):
+    """The dataset cache of ``--train-data-path``/``--eval-data-path`` (built, or found by its hash)."""
+    from specforge.data.cache import build_eagle3_dataset_cache
+
+    return build_eagle3_dataset_cache(
+        target_model_path=target_path, train_data_path=args.train_data_path, eval_data_path=args.eval_data_path,
+        cache_dir=args.cache_dir, chat_template=args.chat_template, max_length=args.max_length,
+        draft_vocab_size=int(draft_config.draft_vocab_size), num_proc=args.num_proc, tokenizer=tokenizer)
+
+
+def open_hidden_states(path: str):
+    """A hidden-state store (``specforge prepare-hidden-states``) in the shape of a dataset cache result:
+    ``train``/``eval`` row sequences, ``d2t``, ``t2d``, ``path``."""
+    from types import SimpleNamespace
+
+    from specforge.data.hidden_states import HiddenStateRows, read_meta, read_vocab
+
+    meta = read_meta(path)
+    d2t, t2d = read_vocab(path)
+    ev = HiddenStateRows(path, "eval") if "eval" in meta["splits"] else None
+    return SimpleNamespace(train=HiddenStateRows(path, "train"), eval=ev, d2t=d2t, t2d=t2d, path=path)
+
+
 def build_draft(draft_config, target_model, cache, device: str, freeze_lm_head: bool = False) -> torch.nn.Module:
     """A fresh draft (fp32 master weights) with the cache's ``d2t``/``t2d`` and the target's frozen embedding.
 
@@ -141,6 +164,24 @@ def make_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
             # the full-vocab teacher only where a TTT step reads it (after a supervised token)
             teacher = target.teacher(out, t2d, positions=teacher_positions(lm, att))
         loss, m = model(ids, att, lm, out.aux_hidden, teacher)
+        return loss, {"correct": m["step_correct"], "valid": m["step_valid"], "pos_loss": m["step_loss"],
+                      "expected_accept": m["step_expected_accept"]}
+
+    return forward_fn
+
+
+def make_offline_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
+    """Like :func:`make_forward_fn` for batches of stored hidden states (``aux_hidden``, ``last_hidden``):
+    no target forward; the teacher goes through the target's frozen lm_head at the positions the TTT reads."""
+    from specforge.core.eagle3 import teacher_from_hidden, teacher_positions
+
+    def forward_fn(batch):
+        ids, att, lm = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+        W = target.lm_head_weight
+        with torch.no_grad():
+            teacher = teacher_from_hidden(batch["last_hidden"].to(W.dtype), W, t2d,
+                                          positions=teacher_positions(lm, att))
+        loss, m = model(ids, att, lm, batch["aux_hidden"], teacher)
         return loss, {"correct": m["step_correct"], "valid": m["step_valid"], "pos_loss": m["step_loss"],
                       "expected_accept": m["step_expected_accept"]}
 

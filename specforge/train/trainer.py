@@ -391,6 +391,8 @@ def _accumulate(sums: dict, metrics: dict) -> None:
 def row_lengths(rows) -> list[int]:
     """Token count of every row: from the Arrow column of a ``datasets.Dataset`` without decoding it
     into Python lists, or from a list of dicts."""
+    if hasattr(rows, "lengths"):  # e.g. a hidden-state store: lengths without reading the rows
+        return list(rows.lengths())
     if hasattr(rows, "with_format"):
         import pyarrow.compute as pc
 
