@@ -9,7 +9,9 @@ draft's forward/backward, clip and AdamW - what a user waits for (model loading 
 excluded).
 
 Modes: ``fp32`` (``--dtype float32``), ``bf16`` (``--dtype bfloat16``, = ``auto`` on a bf16 CPU),
-``bf16-frozen`` (+ ``--freeze-lm-head``), ``fp32-frozen``.
+``bf16-frozen`` (+ ``--freeze-lm-head``), ``fp32-frozen``, and ``bf16-offline`` / ``bf16-frozen-offline``:
+``specforge prepare-hidden-states`` first (its dump rate and the store's bytes per token are reported), then
+``specforge train --hidden-states-path`` (no target forward in the loop).
 
     python benchmarks/bench_train_e2e.py --lengths 512 2048 --steps 6 --markdown /tmp/e2e.md
 """
@@ -22,13 +24,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "smollm2-135m-eagle3.json"
 FLAGS = {"fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
          "bf16-frozen": ["--dtype", "bfloat16", "--freeze-lm-head"],
-         "fp32-frozen": ["--dtype", "float32", "--freeze-lm-head"]}
+         "fp32-frozen": ["--dtype", "float32", "--freeze-lm-head"],
+         "bf16-offline": ["--dtype", "bfloat16"], "bf16-frozen-offline": ["--dtype", "bfloat16", "--freeze-lm-head"]}
 
 
 def run_one(data: str, work: Path, length: int, mode: str, steps: int, threads: int, extra: list[str]) -> dict:
@@ -37,11 +41,26 @@ def run_one(data: str, work: Path, length: int, mode: str, steps: int, threads: 
     from specforge.train.trackers import read_metrics
 
     out = work / f"out-{length}-{mode}"
-    cmd = [sys.executable, "-m", "specforge", "train", "--train-data-path", data, "--output-dir", str(out),
-           "--cache-dir", str(work / "cache"), "--draft-model-config", str(CONFIG), "--max-length", str(length),
-           "--batch-size", "1", "--total-steps", str(steps), "--log-interval", "1", "--seed", "0",
-           *FLAGS[mode], *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    common = ["--draft-model-config", str(CONFIG), "--dtype", "bfloat16" if "bf16" in mode else "float32"]
+    source, dump = ["--train-data-path", data, "--cache-dir", str(work / "cache"), "--max-length", str(length)], {}
+    if mode.endswith("-offline"):
+        hs = work / f"hs-{length}"
+        cmd = [sys.executable, "-m", "specforge", "prepare-hidden-states", *source, *common, "--output-dir", str(hs),
+               "--no-progress"]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            return {"length": length, "mode": mode, "failed": p.returncode, "stderr": p.stderr.strip()[-400:]}
+        meta = json.loads((hs / "meta.json").read_text())
+        tokens = sum(v["tokens"] for v in meta["splits"].values())
+        size = sum(f.stat().st_size for f in hs.glob("*-*.safetensors"))
+        # the wall time includes loading the target (a fixed cost) - the rate is a lower bound
+        dump = {"dump_tokens_per_s": tokens / (time.perf_counter() - t0), "store_bytes_per_token": size / tokens}
+        source = ["--hidden-states-path", str(hs)]
+    cmd = [sys.executable, "-m", "specforge", "train", *source, "--draft-model-config", str(CONFIG),
+           "--output-dir", str(out), "--batch-size", "1",
+           "--total-steps", str(steps), "--log-interval", "1", "--seed", "0", *FLAGS[mode], *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         return {"length": length, "mode": mode, "failed": p.returncode, "stderr": p.stderr.strip()[-400:]}
@@ -50,7 +69,7 @@ def run_one(data: str, work: Path, length: int, mode: str, steps: int, threads: 
     tok = sum(r["tokens"] for r in recs)
     sup = sum(r["supervised_tokens"] for r in recs)
     return {"length": length, "mode": mode, "steps": len(recs), "tokens": tok, "s_per_step": t / len(recs),
-            "tokens_per_s": tok / t, "supervised_tokens_per_s": sup / t, "last_loss": recs[-1]["loss"]}
+            "tokens_per_s": tok / t, "supervised_tokens_per_s": sup / t, "last_loss": recs[-1]["loss"], **dump}
 
 
 def main() -> int:
@@ -92,6 +111,8 @@ def main() -> int:
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else ""
         lines.append(f"| {r['length']} | {r['mode']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:.0f} | "
                      f"{r['supervised_tokens_per_s']:.0f} | {ratio} | {r['last_loss']:.3f} |")
+        if "dump_tokens_per_s" in r:
+            lines[-1] += f" dump {r['dump_tokens_per_s']:.0f} tok/s, {r['store_bytes_per_token']:.0f} B/token"
     table = "\n".join(lines)
     print(table)
     if args.markdown:
