@@ -53,7 +53,8 @@ def data(tmp_path_factory):
 def argv(target_dir, data, out, *extra):
     return ["train", "--target-model-path", target_dir, "--train-data-path", data["train"],
             "--eval-data-path", data["eval"], "--cache-dir", data["cache"], "--output-dir", str(out),
-            "--draft-vocab-size", "256", "--max-length", "64", "--ttt-length", "3", "--seed", "3", *extra]
+            "--draft-vocab-size", "256", "--max-length", "64", "--ttt-length", "3", "--seed", "3",
+            "--dtype", "float32", *extra]  # fp32: compared with fp32 references (auto = bf16 on bf16 CPUs)
 
 
 def train_losses(out):

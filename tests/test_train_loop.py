@@ -149,6 +149,27 @@ def test_loop_matches_manual_adamw_clip_schedule(tmp_path):
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
 
 
+def test_train_records_are_interval_means_with_token_throughput(tmp_path):
+    """--log-interval 3 logs the mean of 3 single-step records, and every record counts its tokens."""
+    one = make_trainer(tmp_path / "one", batch_size=2, num_epochs=1)
+    one.fit()
+    three = make_trainer(tmp_path / "three", batch_size=2, num_epochs=1, log_interval=3)
+    three.fit()
+    a = [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r["split"] == "train"]
+    b = [r for r in read_metrics(tmp_path / "three" / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in a] == list(range(1, 7)) and [r["step"] for r in b] == [3, 6]
+    for k, rec in enumerate(b):
+        chunk = a[3 * k:3 * k + 3]
+        assert rec["loss"] == pytest.approx(sum(r["loss"] for r in chunk) / 3)
+        assert rec["acc"] == pytest.approx([sum(r["acc"][i] for r in chunk) / 3 for i in range(2)])
+        assert rec["tokens"] == sum(r["tokens"] for r in chunk) and rec["interval_steps"] == 3
+        assert rec["tokens_per_s"] == pytest.approx(rec["tokens"] / rec["step_time"])
+    rows = toy_rows()
+    assert sum(r["tokens"] for r in a) == sum(len(r["input_ids"]) for r in rows)  # one epoch: every real token
+    assert sum(r["supervised_tokens"] for r in a) == sum(sum(r["loss_mask"]) for r in rows)
+    assert all(r["supervised_tokens_per_s"] > 0 for r in a)
+
+
 # ---------------------------------------------------------------- checkpoints + resume
 def test_resume_after_interrupt_reproduces_losses(tmp_path, monkeypatch):
     full = make_trainer(tmp_path / "full", batch_size=2, num_epochs=2, save_interval=2)

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "regenerate": ("specforge.cli.regenerate", "re-answer every user turn with the target (embedded or servers)"),
     "serve": ("specforge.cli.serve", "serve the target as an OpenAI-compatible chat server (optionally speculative)"),
     "build-cache": ("specforge.cli.build_cache", "tokenise conversations, build loss masks and the draft vocab"),
+    "prepare-hidden-states": ("specforge.cli.prepare_hidden_states",
+                              "run the target once and store its hidden states for offline training"),
     "train": ("specforge.cli.train", "train an EAGLE-3 draft model online (target in the loop)"),
     "bench": ("specforge.cli.bench", "measure acceptance length and speed-up with the built-in decoder"),
     "export": ("specforge.cli.export", "export a draft checkpoint for SGLang, vLLM or HF"),

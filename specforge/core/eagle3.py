@@ -56,31 +56,51 @@ def teacher_from_logits(logits: torch.Tensor, t2d: torch.Tensor, chunk: int = 25
     return _teacher(lambda s: logits.reshape(B * L, V)[s], B, L, t2d, chunk, logits.device)
 
 
+def teacher_positions(loss_mask: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Bool ``[B,L]``: the positions whose teacher some TTT step can read - ``p`` with ``loss_mask[p-1]`` and
+    ``p`` real (index ``t`` of step ``i`` reads ``loss_mask[t+i]`` and the teacher at ``t+i+1``)."""
+    need = torch.zeros(loss_mask.shape, dtype=torch.bool, device=loss_mask.device)
+    need[:, 1:] = loss_mask[:, :-1].bool()
+    if attention_mask is not None:
+        need &= attention_mask.to(need.device).bool()
+    return need
+
+
 @torch.no_grad()
 def teacher_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, t2d: torch.Tensor,
-                        chunk: int = 256) -> TeacherTargets:
+                        chunk: int = 256, positions: torch.Tensor | None = None) -> TeacherTargets:
     """Build :class:`TeacherTargets` from the target's final normed hidden ``[B,L,Ht]`` and its
-    ``lm_head_weight [V,Ht]`` without ever holding ``[B,L,V]`` logits."""
+    ``lm_head_weight [V,Ht]`` without ever holding ``[B,L,V]`` logits.
+
+    ``positions [B,L]`` bool (e.g. :func:`teacher_positions`): compute only there - the full-vocab GEMM is
+    skipped elsewhere, where probs/mass are 0 and ``in_draft`` is False (no TTT step reads them)."""
     B, L, Ht = hidden.shape
     flat = hidden.reshape(B * L, Ht)
-    return _teacher(lambda s: flat[s] @ lm_head_weight.T, B, L, t2d, chunk, hidden.device)
+    sel = None if positions is None else positions.reshape(B * L).to(hidden.device).nonzero().flatten()
+    return _teacher(lambda s: flat[s] @ lm_head_weight.T, B, L, t2d, chunk, hidden.device, sel)
 
 
-def _teacher(rows, B, L, t2d, chunk, device) -> TeacherTargets:
+def _teacher(rows, B, L, t2d, chunk, device, sel=None) -> TeacherTargets:
     t2d = t2d.to(device)
     Vd = int(t2d.sum())
-    probs = torch.empty(B * L, Vd, dtype=torch.float32, device=device)
-    mass = torch.empty(B * L, dtype=torch.float32, device=device)
-    ids = torch.empty(B * L, dtype=torch.long, device=device)
-    for s in range(0, B * L, chunk):
-        z = rows(slice(s, s + chunk)).float()  # [c,V]
-        ids[s:s + chunk] = z.argmax(-1)
+    alloc = torch.empty if sel is None else torch.zeros
+    probs = alloc(B * L, Vd, dtype=torch.float32, device=device)
+    mass = alloc(B * L, dtype=torch.float32, device=device)
+    ids = alloc(B * L, dtype=torch.long, device=device)
+    n = B * L if sel is None else sel.numel()
+    for s in range(0, n, chunk):
+        idx = slice(s, s + chunk) if sel is None else sel[s:s + chunk]
+        z = rows(idx).float()  # [c,V]
+        ids[idx] = z.argmax(-1)
         lse = torch.logsumexp(z, -1, keepdim=True)
         zd = z[:, t2d]
         lse_d = torch.logsumexp(zd, -1, keepdim=True)
-        probs[s:s + chunk] = torch.exp(zd - lse_d)
-        mass[s:s + chunk] = torch.exp(lse_d - lse).squeeze(-1)
-    return TeacherTargets(probs.view(B, L, Vd), mass.view(B, L), ids.view(B, L), t2d[ids].view(B, L))
+        probs[idx] = torch.exp(zd - lse_d)
+        mass[idx] = torch.exp(lse_d - lse).squeeze(-1)
+    in_draft = t2d[ids]
+    if sel is not None:
+        in_draft &= torch.zeros_like(in_draft).index_fill_(0, sel, True)
+    return TeacherTargets(probs.view(B, L, Vd), mass.view(B, L), ids.view(B, L), in_draft.view(B, L))
 
 
 class _FusedHeadSoftCE(torch.autograd.Function):
@@ -100,15 +120,26 @@ class _FusedHeadSoftCE(torch.autograd.Function):
         grad_W = torch.zeros_like(W) if ctx.needs_input_grad[1] else None
         ce, arg, acc = (torch.empty(N, dtype=torch.float32, device=x.device) for _ in range(3))
         arg = arg.long()
-        step = max(1, _CHUNK_ELEMS // max(Vd, 1))
+        # Under autocast the three GEMMs (logits, grad_x, grad_W) run in the autocast dtype - they are ~2/3
+        # of a step's FLOPs - with fp32 softmax/CE and fp32 gradient accumulation. Out-variant and in-place
+        # ops are not autocast, so the casts are explicit (the weight once per call, not per chunk).
+        dev = x.device.type
+        lowp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        lowp = lowp if lowp not in (None, torch.float32) else (x.dtype if x.dtype != torch.float32 else None)
+        Wc = W.to(lowp) if lowp is not None else W
+        xl = x.to(lowp) if lowp is not None else x
+        step = max(1, (_CHUNK_ELEMS if lowp is None else 2 * _CHUNK_ELEMS) // max(Vd, 1))
         c = min(step, N)
         pbuf = torch.empty(c, Vd, dtype=teacher.dtype, device=x.device)
         zbuf = torch.empty(c, Vd, dtype=torch.float32, device=x.device)
         for s in range(0, N, step):
-            xc = x[s:s + step]
+            xc = xl[s:s + step]
             r = rows[s:s + step]
             p = torch.index_select(teacher, 0, r, out=pbuf[:r.numel()])  # [c,Vd], reused buffer
-            logp = torch.mm(xc, W.T, out=zbuf[:r.numel()]) if x.dtype == torch.float32 else (xc @ W.T).float()
+            if lowp is None:
+                logp = torch.mm(xc, Wc.T, out=zbuf[:r.numel()])
+            else:
+                logp = zbuf[:r.numel()].copy_(torch.mm(xc, Wc.T))
             arg[s:s + step] = logp.argmax(-1)
             logp -= torch.logsumexp(logp, -1, keepdim=True)
             # row-wise dot products through bmm: no [c,Vd] temporaries
@@ -118,11 +149,14 @@ class _FusedHeadSoftCE(torch.autograd.Function):
             acc[s:s + step] = torch.minimum(pm, q, out=pm).sum(-1)
             del pm
             if need:
-                g = q.sub_(p).mul_(w[s:s + step, None]).to(x.dtype)  # d loss / d logits (p sums to 1)
+                g = q.sub_(p).mul_(w[s:s + step, None]).to(xc.dtype)  # d loss / d logits (p sums to 1)
                 if grad_x is not None:
-                    grad_x[s:s + step] = g @ W
+                    grad_x[s:s + step] = g @ Wc
                 if grad_W is not None:
-                    grad_W.addmm_(g.T, xc)
+                    if lowp is None:
+                        grad_W.addmm_(g.T, xc)
+                    else:  # the chunk's partial in low precision, summed in fp32
+                        grad_W += torch.mm(g.T, xc)
         ctx.save_for_backward(grad_x, grad_W)
         ctx.mark_non_differentiable(ce, arg, acc)
         return (ce * w).sum(), ce, arg, acc

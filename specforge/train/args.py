@@ -29,10 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attention backend of the TTT unroll (eager, the memory-lean default, flex_attention; "
                         "'auto' = the memory-lean choice: sdpa on CPU, flex_attention on CUDA)")
     m.add_argument("--ttt-length", type=int, default=7, help="training-time-test unroll length K (loss weights 0.8^i)")
+    m.add_argument("--freeze-lm-head", action="store_true",
+                   help="initialise the draft lm_head from the target's rows of the draft vocab (and its final norm "
+                        "from the target's) and keep the lm_head frozen: less work per step")
 
     d = parser.add_argument_group("data")
     d.add_argument("--train-data-path", required=False, default=None, help="training conversations JSONL")
     d.add_argument("--eval-data-path", default=None, help="evaluation conversations JSONL (optional)")
+    d.add_argument("--hidden-states-path", default=None,
+                   help="train offline from a store written by `specforge prepare-hidden-states` (no target forward "
+                        "in the loop; replaces --train-data-path/--eval-data-path)")
     d.add_argument("--chat-template", default="auto",
                    help="registered chat template name; auto = the tokenizer's own chat template")
     d.add_argument("--max-length", type=int, default=2048, help="truncate tokenised samples to this many tokens")
@@ -68,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--dtype", default="auto",
-                   help="compute dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16; draft master weights stay fp32")
+                   help="compute dtype of the target and the draft's autocast: auto (bf16 on CUDA and on CPUs with native bf16, "
+                        "i.e. avx512_bf16/amx_bf16; else fp32), float32, bfloat16, float16; draft master weights stay fp32")
     r.add_argument("--tp-size", type=int, default=1,
                    help="tensor-parallel size of the target: the torchrun world splits into world/tp data-parallel groups of tp "
                         "ranks that share one sharded target forward; needs a registered TP target class (Llama, Qwen2, Qwen3 built in)")
@@ -88,8 +95,11 @@ def validate_args(args: argparse.Namespace) -> None:
             f"--model-path ({args.model_path}) differs from --target-model-path ({args.target_model_path}); "
             "they name the same target, pass one of them."
         )
-    if args.train_data_path is None:
-        raise SpecforgeError("--train-data-path is required (a conversations JSONL file).")
+    if args.train_data_path is None and not getattr(args, "hidden_states_path", None):
+        raise SpecforgeError("--train-data-path is required (a conversations JSONL file), or --hidden-states-path.")
+    if getattr(args, "hidden_states_path", None) and (args.train_data_path or args.eval_data_path):
+        raise SpecforgeError("--hidden-states-path replaces --train-data-path/--eval-data-path (the store holds "
+                             "its rows); pass one or the other.")
     if args.output_dir is None:
         raise SpecforgeError("--output-dir is required (where checkpoints are written).")
     positive = {"--num-epochs": args.num_epochs, "--batch-size": args.batch_size,

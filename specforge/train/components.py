@@ -26,6 +26,32 @@ def resolve_attention_backend(name: str | None, device: str = "cpu") -> str | No
     return name
 
 
+def cpu_has_bf16() -> bool:
+    """True when this CPU has native bf16 dot products (``avx512_bf16`` or ``amx_bf16``; Linux cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_train_dtype(name: str | None, device: str):
+    """``--dtype`` of training -> torch dtype. ``auto`` = bf16 where the hardware runs it natively (CUDA with
+    bf16 support, CPUs with avx512_bf16/amx_bf16), else fp32. The draft keeps fp32 master weights and
+    runs under autocast; the target is loaded in this dtype."""
+    from specforge.modeling.loading import resolve_dtype
+
+    if name not in (None, "auto"):
+        return resolve_dtype(name, device)
+    if str(device).startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if str(device) == "cpu" and cpu_has_bf16() else torch.float32
+
+
 def build_draft_config(args, target_config):
     """Draft config from ``--draft-model-config`` (``architectures[0]`` picks the class) or derived from
     the target; ``--draft-vocab-size`` overrides; then checked against the target."""
@@ -45,10 +71,34 @@ def build_draft_config(args, target_config):
     return cfg
 
 
-def build_draft(draft_config, target_model, cache, device: str) -> torch.nn.Module:
+def build_cache(args, target_path: str, draft_config, tokenizer):
+    """The dataset cache of ``--train-data-path``/``--eval-data-path`` (built, or found by its hash)."""
+    from specforge.data.cache import build_eagle3_dataset_cache
+
+    return build_eagle3_dataset_cache(
+        target_model_path=target_path, train_data_path=args.train_data_path, eval_data_path=args.eval_data_path,
+        cache_dir=args.cache_dir, chat_template=args.chat_template, max_length=args.max_length,
+        draft_vocab_size=int(draft_config.draft_vocab_size), num_proc=args.num_proc, tokenizer=tokenizer)
+
+
+def open_hidden_states(path: str):
+    """A hidden-state store (``specforge prepare-hidden-states``) in the shape of a dataset cache result:
+    ``train``/``eval`` row sequences, ``d2t``, ``t2d``, ``path``."""
+    from types import SimpleNamespace
+
+    from specforge.data.hidden_states import HiddenStateRows, read_meta, read_vocab
+
+    meta = read_meta(path)
+    d2t, t2d = read_vocab(path)
+    ev = HiddenStateRows(path, "eval") if "eval" in meta["splits"] else None
+    return SimpleNamespace(train=HiddenStateRows(path, "train"), eval=ev, d2t=d2t, t2d=t2d, path=path)
+
+
+def build_draft(draft_config, target_model, cache, device: str, freeze_lm_head: bool = False) -> torch.nn.Module:
     """A fresh draft (fp32 master weights) with the cache's ``d2t``/``t2d`` and the target's frozen embedding.
 
-    ``target_model`` is the HF causal LM; ``cache`` a :class:`specforge.data.cache.CacheResult`.
+    ``target_model`` is the HF causal LM; ``cache`` a :class:`specforge.data.cache.CacheResult`. With
+    ``freeze_lm_head`` see :func:`init_head_from_target`.
     """
     from specforge.modeling.auto import AutoEagle3DraftModel
 
@@ -62,7 +112,31 @@ def build_draft(draft_config, target_model, cache, device: str) -> torch.nn.Modu
         draft.d2t.copy_(cache.d2t)
         draft.t2d.copy_(cache.t2d)
     draft.load_embedding(target_model.get_input_embeddings().weight)
+    if freeze_lm_head:
+        init_head_from_target(draft, target_model)
     return draft.to(device=torch.device(device), dtype=torch.float32)
+
+
+@torch.no_grad()
+def init_head_from_target(draft, target_model) -> None:
+    """``--freeze-lm-head``: the draft's ``lm_head`` becomes the target's output rows of the draft vocab
+    (``lm_head[j] = W_target[j + d2t[j]]``), frozen (no weight gradient: about a third less head work), and
+    its final ``norm`` starts from the target's final norm (still trained), so that at initialisation the
+    draft's head is the target's head restricted to the draft vocab."""
+    head = getattr(draft, "lm_head", None)
+    W = target_model.get_output_embeddings().weight  # [V, Ht]
+    if head is None or head.weight.shape[1] != W.shape[1]:
+        raise SpecforgeError(
+            f"--freeze-lm-head needs a draft lm_head of width {W.shape[1]} (the target's hidden size); this draft "
+            f"has {None if head is None else head.weight.shape[1]}: train without --freeze-lm-head.")
+    ids = torch.arange(draft.d2t.numel()) + draft.d2t.cpu()
+    head.weight.copy_(W[ids.to(W.device)].to(head.weight.dtype))
+    head.weight.requires_grad_(False)
+    decoder = getattr(target_model, getattr(target_model, "base_model_prefix", "model"), None)
+    tnorm = getattr(decoder, "norm", None)
+    norm = getattr(draft, "norm", None)
+    if tnorm is not None and norm is not None and tnorm.weight.shape == norm.weight.shape:
+        norm.weight.copy_(tnorm.weight.to(norm.weight.dtype))
 
 
 def build_ttt(draft, ttt_length: int, backend: str | None) -> torch.nn.Module:
@@ -82,13 +156,34 @@ def make_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
     ``expected_accept`` plus raw ``correct``/``valid`` counts.
     """
 
+    from specforge.core.eagle3 import teacher_positions
+
     def forward_fn(batch):
         ids, att, lm = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
         with torch.no_grad():
             out = target.generate_eagle3_data(ids, att)
-            teacher = target.teacher(out, t2d)
+            # the full-vocab teacher only where a TTT step reads it (after a supervised token)
+            teacher = target.teacher(out, t2d, positions=teacher_positions(lm, att))
         loss, m = model(ids, att, lm, out.aux_hidden, teacher)
         return loss, {"correct": m["step_correct"], "valid": m["step_scored"], "pos_loss": m["step_loss"],
+                      "expected_accept": m["step_expected_accept"]}
+
+    return forward_fn
+
+
+def make_offline_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
+    """Like :func:`make_forward_fn` for batches of stored hidden states (``aux_hidden``, ``last_hidden``):
+    no target forward; the teacher goes through the target's frozen lm_head at the positions the TTT reads."""
+    from specforge.core.eagle3 import teacher_from_hidden, teacher_positions
+
+    def forward_fn(batch):
+        ids, att, lm = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+        W = target.lm_head_weight
+        with torch.no_grad():
+            teacher = teacher_from_hidden(batch["last_hidden"].to(W.dtype), W, t2d,
+                                          positions=teacher_positions(lm, att))
+        loss, m = model(ids, att, lm, batch["aux_hidden"], teacher)
+        return loss, {"correct": m["step_correct"], "valid": m["step_valid"], "pos_loss": m["step_loss"],
                       "expected_accept": m["step_expected_accept"]}
 
     return forward_fn

@@ -64,11 +64,12 @@ def run_training(args: argparse.Namespace):
     import torch
 
     from specforge.modeling.loading import (DEFAULT_TARGET, load_config, load_target_model, load_tokenizer,
-                                            load_tp_target, resolve_device, resolve_dtype)
+                                            load_tp_target, resolve_device)
     from specforge.train import dist
     from specforge.modeling.target import HFEagle3TargetModel
-    from specforge.train.components import (build_draft, build_draft_config, build_ttt, make_forward_fn,
-                                            resolve_attention_backend)
+    from specforge.train.components import (build_cache, build_draft, build_draft_config, build_ttt,
+                                            make_forward_fn, make_offline_forward_fn, open_hidden_states,
+                                            resolve_attention_backend, resolve_train_dtype)
     from specforge.train.trackers import build_tracker, check_tracker_available
     from specforge.train.trainer import TrainConfig, Trainer
 
@@ -86,7 +87,8 @@ def run_training(args: argparse.Namespace):
     _check_tp(args, world.world_size, target_config)
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = resolve_train_dtype(args.dtype, device)
+    logger.info("compute dtype %s on %s (draft master weights fp32)", str(dtype).replace("torch.", ""), device)
     backend = resolve_attention_backend(args.draft_attention_backend, device)
     info = dist.init_distributed(device, args.dist_timeout, tp_size=args.tp_size)
     device = dist.rank_device(device, info)
@@ -94,17 +96,12 @@ def run_training(args: argparse.Namespace):
     try:
         draft_config = build_draft_config(args, target_config)
 
-        from specforge.data.cache import build_eagle3_dataset_cache
-
         tokenizer = load_tokenizer(target_path)
-        cache_kw = dict(target_model_path=target_path, train_data_path=args.train_data_path,
-                        eval_data_path=args.eval_data_path, cache_dir=args.cache_dir,
-                        chat_template=args.chat_template, max_length=args.max_length,
-                        draft_vocab_size=int(draft_config.draft_vocab_size), num_proc=args.num_proc,
-                        tokenizer=tokenizer)
         if not info.is_main:  # rank 0 tokenises; the others then hit its cache
             dist.barrier(info)
-        cache = build_eagle3_dataset_cache(**cache_kw)
+        offline = bool(args.hidden_states_path)
+        cache = (open_hidden_states(args.hidden_states_path) if offline
+                 else build_cache(args, target_path, draft_config, tokenizer))
         if info.is_main:
             dist.barrier(info)
         logger.info("dataset cache %s: %d train rows%s", cache.path, len(cache.train),
@@ -116,10 +113,14 @@ def run_training(args: argparse.Namespace):
             target_lm = load_target_model(target_path, dtype=dtype, device=device)
         target = HFEagle3TargetModel(target_lm, draft_config=draft_config)
         torch.manual_seed(args.seed)  # the draft's initial weights depend on --seed only
-        draft = build_draft(draft_config, target_lm, cache, device)
+        draft = build_draft(draft_config, target_lm, cache, device, freeze_lm_head=args.freeze_lm_head)
         wrap = dist.wrap_fsdp if args.fsdp else dist.wrap_ddp
         model = wrap(build_ttt(draft, args.ttt_length, backend), device, info)
-        forward_fn = make_forward_fn(model, target, draft.t2d)
+        if offline:
+            from specforge.data.hidden_states import check_store_fits
+
+            check_store_fits(args.hidden_states_path, target)
+        forward_fn = (make_offline_forward_fn if offline else make_forward_fn)(model, target, draft.t2d)
 
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         cfg = TrainConfig(
@@ -135,8 +136,11 @@ def run_training(args: argparse.Namespace):
         if info.is_main:
             trackers.append(build_tracker(args.report_to, args.output_dir, cfg.run_config,
                                           args.wandb_project, args.wandb_name))
+        collate = None
+        if offline:
+            from specforge.data.hidden_states import collate_hidden_states as collate
         trainer = Trainer(cfg, model, forward_fn, cache.train, cache.eval, draft=draft,
-                          draft_config=draft_config, trackers=trackers, dist=info)
+                          draft_config=draft_config, trackers=trackers, dist=info, collate=collate)
         if resume_dir is not None:
             trainer.resume_from(resume_dir)
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -137,7 +138,11 @@ class Trainer:
         else:
             ckpt.load_draft_weights(self.draft, path)
             if loaded["optimizer"] is not None:
-                self.optimizer.load_state_dict(loaded["optimizer"])
+                try:
+                    self.optimizer.load_state_dict(loaded["optimizer"])
+                except ValueError as e:  # e.g. resumed with a different --freeze-lm-head
+                    raise SpecforgeError(f"--resume {path}: its optimizer state does not fit this run's trainable "
+                                         f"parameters ({e}); resume with the same flags (e.g. --freeze-lm-head).") from None
         if loaded["scheduler"] is not None:
             self.scheduler.load_state_dict(loaded["scheduler"])
         self._rng_to_restore = loaded["rng"]
@@ -165,8 +170,12 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ steps
-    def _batch(self, rows_idx: list[int], rows) -> dict[str, torch.Tensor]:
+    def _batch(self, rows_idx: list[int], rows, counts: list[int] | None = None) -> dict[str, torch.Tensor]:
         batch = self.collate([rows[i] for i in rows_idx], self.cfg.pad_token_id)
+        if counts is not None:  # [trained tokens, supervised tokens], counted on the host copy (no device sync)
+            att = batch.get("attention_mask", batch["input_ids"])
+            counts[0] += int(att.sum()) if "attention_mask" in batch else att.numel()
+            counts[1] += int(batch["loss_mask"].sum())
         return {k: v.to(self.cfg.device) for k, v in batch.items()}
 
     def _forward(self, batch):
@@ -176,18 +185,25 @@ class Trainer:
             return self.forward_fn(batch)
 
     def train_step(self, group: list[list[int]]) -> dict:
-        """One optimizer step over the micro-batches of ``group``; returns its metrics record."""
+        """One optimizer step over the micro-batches of ``group``; returns its metrics record, which also
+        holds ``tokens`` / ``supervised_tokens`` (real and loss-masked tokens of the step, all ranks) and
+        ``step_time`` (this rank's wall seconds, data collation and target forward included)."""
+        t0 = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
+        counts = [0, 0]
         for i, idx in enumerate(group):
             last = i == len(group) - 1
             sync = self.model.no_sync() if (self.dist.enabled and not last and hasattr(self.model, "no_sync")) \
                 else contextlib.nullcontext()
             with sync:
-                loss, metrics = self._forward(self._batch(idx, self.train_rows))
+                loss, metrics = self._forward(self._batch(idx, self.train_rows, counts))
                 self.scaler.scale(loss / len(group)).backward()
             _accumulate(sums, {"loss": loss.detach(), **metrics})
+        # token counts ride along the metrics all-reduce: sum over ranks / micro-batches, rescaled in _record
+        sums["tokens"] = torch.tensor(float(counts[0]))
+        sums["supervised_tokens"] = torch.tensor(float(counts[1]))
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
@@ -199,7 +215,9 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
         record = self._record("train", sums, len(group))
-        record.update(lr=lr, grad_norm=float(grad_norm))
+        for k in ("tokens", "supervised_tokens"):  # _record divided the all-rank sum by all micro-batches
+            record[k] = round(record[k] * len(group) * self.dist.world_size)
+        record.update(lr=lr, grad_norm=float(grad_norm), step_time=time.perf_counter() - t0)
         return record
 
     @torch.no_grad()
@@ -250,6 +268,11 @@ class Trainer:
         self.metrics_log.log(record)
         for t in self.trackers:
             t.log(record)
+        if record["split"] == "train" and (self.cfg.log_interval > 1 or not self.cfg.progress):
+            # one line per interval (with the bar on and --log-interval 1 the bar shows the same)
+            logger.info("step %d: loss %.4f, %.0f tokens/s trained, %.0f supervised (mean of %d steps)",
+                        record["step"], record["loss"], record["tokens_per_s"], record["supervised_tokens_per_s"],
+                        record["interval_steps"])
         if record["split"] == "eval":
             acc = record.get("acc")
             logger.info("eval step %d: loss %.4f%s", record["step"], record["loss"],
@@ -272,6 +295,7 @@ class Trainer:
         bar = tqdm(total=min(self.total_steps, cfg.num_epochs * self.steps_per_epoch), initial=self.global_step,
                    disable=not (cfg.progress and self.dist.is_main), desc="train", dynamic_ncols=True)
         last_ckpt = None
+        interval = IntervalMeans()
         try:
             while self.epoch < cfg.num_epochs and self.global_step < self.total_steps:
                 groups = group_batches(epoch_batches(self.train_lengths, cfg.batch_size, cfg.seed, self.epoch,
@@ -279,13 +303,15 @@ class Trainer:
                 while self.group_pos < len(groups) and self.global_step < self.total_steps:
                     record = self.train_step(groups[self.group_pos])
                     self.group_pos += 1
+                    interval.add(record)
                     bar.update(1)
-                    postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
+                    postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
+                               "tok/s": f"{record['tokens'] / max(record['step_time'], 1e-9):.0f}"}
                     if isinstance(record.get("acc"), list):
                         postfix["acc0"] = f"{record['acc'][0]:.3f}"
                     bar.set_postfix(postfix)
                     if self.global_step % cfg.log_interval == 0:
-                        self._log(record)
+                        self._log(interval.flush())
                     if cfg.eval_interval and self.global_step % cfg.eval_interval == 0:
                         self._log_eval()
                     if cfg.save_interval and self.global_step % cfg.save_interval == 0:
@@ -327,6 +353,42 @@ def _check_finite(step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> Non
                          "train in --dtype float32/bfloat16.")
 
 
+class IntervalMeans:
+    """Train records between two log lines -> one record: means of the metrics (lists element-wise),
+    the last ``step``/``epoch``/``lr``, summed token counts and time, and the interval's throughput
+    ``tokens_per_s`` / ``supervised_tokens_per_s`` (tokens of every rank over this rank's wall time)."""
+
+    SUMMED = ("tokens", "supervised_tokens", "step_time")
+    LAST = ("split", "step", "epoch", "lr")
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+
+    def flush(self) -> dict:
+        recs, self.records = self.records, []
+        out = dict(recs[-1])
+        n = len(recs)
+        for k, v in recs[-1].items():
+            if k in self.LAST or isinstance(v, bool):
+                continue
+            if k in self.SUMMED:
+                out[k] = sum(r[k] for r in recs)
+            elif isinstance(v, list):
+                out[k] = [sum(r[k][i] for r in recs) / n for i in range(len(v))]
+            elif isinstance(v, (int, float)):
+                out[k] = sum(r[k] for r in recs) / n
+        t = max(out.get("step_time", 0.0), 1e-9)
+        out["tokens_per_s"] = out.get("tokens", 0) / t
+        out["supervised_tokens_per_s"] = out.get("supervised_tokens", 0) / t
+        out["interval_steps"] = n
+        if isinstance(out.get("acc"), list):
+            out["accept_len"] = accept_length(out["acc"])
+        return out
+
+
 def _accumulate(sums: dict, metrics: dict) -> None:
     for k, v in metrics.items():
         v = torch.as_tensor(v).detach().float().cpu()
@@ -336,6 +398,8 @@ def _accumulate(sums: dict, metrics: dict) -> None:
 def row_lengths(rows) -> list[int]:
     """Token count of every row: from the Arrow column of a ``datasets.Dataset`` without decoding it
     into Python lists, or from a list of dicts."""
+    if hasattr(rows, "lengths"):  # e.g. a hidden-state store: lengths without reading the rows
+        return list(rows.lengths())
     if hasattr(rows, "with_format"):
         import pyarrow.compute as pc
 

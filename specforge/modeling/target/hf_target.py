@@ -54,9 +54,11 @@ class HFEagle3TargetModel:
         return Eagle3TargetOutput(aux_hidden=aux, last_hidden=out.last_hidden_state)
 
     @torch.no_grad()
-    def teacher(self, output: Eagle3TargetOutput, t2d: torch.Tensor, chunk: int = 256) -> TeacherTargets:
-        """Teacher targets restricted to the draft vocab (``t2d [V]`` bool), in row chunks (no ``[B,L,V]``)."""
-        return teacher_from_hidden(output.last_hidden, self.lm_head_weight, t2d, chunk)
+    def teacher(self, output: Eagle3TargetOutput, t2d: torch.Tensor, chunk: int = 256,
+                positions: torch.Tensor | None = None) -> TeacherTargets:
+        """Teacher targets restricted to the draft vocab (``t2d [V]`` bool), in row chunks (no ``[B,L,V]``);
+        only at ``positions [B,L]`` bool when given (see :func:`specforge.core.eagle3.teacher_positions`)."""
+        return teacher_from_hidden(output.last_hidden, self.lm_head_weight, t2d, chunk, positions)
 
     @torch.no_grad()
     def logits(self, output: Eagle3TargetOutput) -> torch.Tensor:

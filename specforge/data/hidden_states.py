@@ -1,0 +1,204 @@
+"""Offline EAGLE-3 training data: the target's hidden states, computed once and stored as safetensors shards.
+
+Layout of ``OUTPUT_DIR``::
+
+    meta.json                     format, target, aux layer ids, storage dtype, rows/shards per split, source cache
+    vocab_mapping.safetensors     d2t int64 [Vd], t2d bool [V] (the cache's draft vocab)
+    train-00000.safetensors ...   one shard = rows concatenated along tokens:
+                                    input_ids int64 [T], loss_mask int8 [T], offsets int64 [n+1],
+                                    aux_hidden [T, 3*Ht] and last_hidden [T, Ht] in the storage dtype
+    eval-00000.safetensors ...    the same for the eval split, when the cache has one
+
+``last_hidden`` is the target's final *normed* hidden state, not logits (49152 logits per token would be 40x
+bigger): training recomputes the teacher through the target's frozen lm_head, only at the positions the TTT
+reads. Every file is written under a temporary name and renamed into place, so a run that is interrupted
+leaves only whole shards, and re-running the same command skips them. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from specforge.errors import SpecforgeError
+from specforge.fileio import atomic_open, atomic_path
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "specforge-hidden-states/1"
+META_FILE = "meta.json"
+VOCAB_FILE = "vocab_mapping.safetensors"
+STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def shard_path(root: str | Path, split: str, index: int) -> Path:
+    return Path(root) / f"{split}-{index:05d}.safetensors"
+
+
+def estimate_bytes(num_tokens: int, target_hidden: int, dtype: torch.dtype) -> int:
+    """Bytes of a store holding ``num_tokens`` tokens: 4 hidden vectors per token plus ids and masks."""
+    return num_tokens * (4 * target_hidden * torch.finfo(dtype).bits // 8 + 9)
+
+
+def _splits(cache) -> list[tuple[str, object]]:
+    return [(name, rows) for name, rows in (("train", cache.train), ("eval", cache.eval)) if rows is not None]
+
+
+def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: str = "bfloat16",
+                          shard_rows: int = 256, device: str = "cpu", progress: bool = True,
+                          source: dict | None = None) -> dict:
+    """Run ``target`` (:class:`specforge.modeling.target.HFEagle3TargetModel`) once over every row of ``cache``
+    (a :class:`specforge.data.cache.CacheResult`) and write the store; returns its ``meta``.
+
+    Resumable: shards already present are skipped (the meta must match, else one clear error)."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from specforge.train.trainer import row_lengths
+
+    if storage_dtype not in STORAGE_DTYPES:
+        raise SpecforgeError(f"unknown storage dtype '{storage_dtype}'; use one of {', '.join(STORAGE_DTYPES)}.")
+    if shard_rows < 1:
+        raise SpecforgeError(f"--shard-size must be >= 1 (got {shard_rows}).")
+    sdt = STORAGE_DTYPES[storage_dtype]
+    root = Path(output_dir)
+    Ht = int(target.model.config.hidden_size)
+    lengths = {name: row_lengths(rows) for name, rows in _splits(cache)}
+    meta = {"format": FORMAT, "target_hidden_size": Ht, "aux_layer_ids": list(target.layer_ids),
+            "storage_dtype": storage_dtype, "shard_rows": shard_rows, "source": source or {},
+            "cache": str(cache.path),
+            "splits": {name: {"rows": len(ls), "tokens": int(sum(ls)), "shards": math.ceil(len(ls) / shard_rows)}
+                       for name, ls in lengths.items()}}
+    if (root / META_FILE).is_file():
+        old = json.loads((root / META_FILE).read_text(encoding="utf-8"))
+        if {k: v for k, v in old.items() if k != "cache"} != {k: v for k, v in meta.items() if k != "cache"}:
+            raise SpecforgeError(f"{root} holds hidden states of other inputs or settings; pass a new --output-dir "
+                                 "(or delete it) instead of mixing two stores.")
+    total = sum(s["tokens"] for s in meta["splits"].values())
+    logger.info("hidden states: %d rows, %d tokens -> about %.2f GiB in %s (%s)",
+                sum(s["rows"] for s in meta["splits"].values()), total,
+                estimate_bytes(total, Ht, sdt) / 2**30, root, storage_dtype)
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_open(root / META_FILE) as f:
+        json.dump(meta, f, indent=2)
+    with atomic_path(root / VOCAB_FILE) as tmp:
+        save_file({"d2t": cache.d2t.contiguous(), "t2d": cache.t2d.contiguous()}, str(tmp))
+    bar = tqdm(total=total, unit="tok", desc="hidden states", disable=not progress, dynamic_ncols=True)
+    written = skipped = 0
+    try:
+        for name, rows in _splits(cache):
+            ls = lengths[name]
+            for s in range(meta["splits"][name]["shards"]):
+                lo, hi = s * shard_rows, min(len(ls), (s + 1) * shard_rows)
+                path = shard_path(root, name, s)
+                if path.is_file():
+                    skipped += 1
+                    bar.update(sum(ls[lo:hi]))
+                    continue
+                parts: dict[str, list[torch.Tensor]] = {"input_ids": [], "loss_mask": [], "aux_hidden": [],
+                                                        "last_hidden": []}
+                for i in range(lo, hi):
+                    ids = torch.as_tensor(rows[i]["input_ids"], dtype=torch.long).reshape(1, -1)
+                    out = target.generate_eagle3_data(ids.to(device))
+                    parts["input_ids"].append(ids[0])
+                    parts["loss_mask"].append(torch.as_tensor(rows[i]["loss_mask"], dtype=torch.int8).reshape(-1))
+                    parts["aux_hidden"].append(out.aux_hidden[0].to("cpu", sdt))
+                    parts["last_hidden"].append(out.last_hidden[0].to("cpu", sdt))
+                    bar.update(ids.shape[1])
+                tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
+                tensors["offsets"] = torch.tensor([0] + list(torch.tensor(ls[lo:hi]).cumsum(0).tolist()))
+                with atomic_path(path) as tmp:
+                    save_file(tensors, str(tmp))
+                written += 1
+    finally:
+        bar.close()
+    logger.info("hidden states: wrote %d shards, kept %d already complete, in %s", written, skipped, root)
+    return meta
+
+
+class HiddenStateRows:
+    """One split of a store as a sequence of rows ``{input_ids [T], loss_mask [T], aux_hidden [T,3Ht],
+    last_hidden [T,Ht]}``; shards are memory-mapped and only the requested row is read."""
+
+    def __init__(self, root: str | Path, split: str = "train"):
+        from safetensors import safe_open
+
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        info = self.meta["splits"].get(split)
+        if info is None:
+            raise SpecforgeError(f"{self.root} has no '{split}' hidden states; it holds {sorted(self.meta['splits'])}.")
+        self._files, self._rows = [], []  # per shard: handle; per row: (shard, start, end)
+        for s in range(info["shards"]):
+            path = shard_path(self.root, split, s)
+            if not path.is_file():
+                raise SpecforgeError(f"{self.root}: shard {path.name} is missing (an interrupted run?); re-run "
+                                     "prepare-hidden-states with the same flags to finish it.")
+            f = safe_open(str(path), framework="pt")
+            off = f.get_tensor("offsets").tolist()
+            self._files.append(f)
+            self._rows += [(s, a, b) for a, b in zip(off[:-1], off[1:])]
+        if len(self._rows) != info["rows"]:
+            raise SpecforgeError(f"{self.root}: {len(self._rows)} {split} rows in the shards but meta.json says "
+                                 f"{info['rows']}; re-run prepare-hidden-states into a new --output-dir.")
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def lengths(self) -> list[int]:
+        return [b - a for _, a, b in self._rows]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        s, a, b = self._rows[i]
+        f = self._files[s]
+        return {k: f.get_slice(k)[a:b] for k in ("input_ids", "loss_mask", "aux_hidden", "last_hidden")}
+
+
+def read_meta(root: str | Path) -> dict:
+    """``meta.json`` of a store (one clear error when the directory is not one)."""
+    path = Path(root) / META_FILE
+    if not path.is_file():
+        raise SpecforgeError(f"--hidden-states-path {root}: no {META_FILE}; create it with "
+                             "`specforge prepare-hidden-states`.")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise SpecforgeError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}.")
+    return meta
+
+
+def read_vocab(root: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The store's ``(d2t [Vd], t2d [V])``."""
+    from safetensors.torch import load_file
+
+    v = load_file(str(Path(root) / VOCAB_FILE))
+    return v["d2t"], v["t2d"]
+
+
+def collate_hidden_states(rows, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad store rows: :func:`specforge.data.collate.pad_batch` plus ``aux_hidden [B,L,3Ht]`` and
+    ``last_hidden [B,L,Ht]`` (zeros on padding, storage dtype)."""
+    from specforge.data.collate import pad_batch
+
+    batch = pad_batch(rows, pad_token_id)
+    B, L = batch["input_ids"].shape
+    for k in ("aux_hidden", "last_hidden"):
+        x = torch.zeros(B, L, rows[0][k].shape[-1], dtype=rows[0][k].dtype)
+        for b, r in enumerate(rows):
+            x[b, :r[k].shape[0]] = r[k]
+        batch[k] = x
+    return batch
+
+
+def check_store_fits(root: str | Path, target) -> None:
+    """The store must come from a target of this hidden size and these aux layers (one clear error)."""
+    meta = read_meta(root)
+    Ht = int(target.model.config.hidden_size)
+    if meta["target_hidden_size"] != Ht or list(meta["aux_layer_ids"]) != list(target.layer_ids):
+        raise SpecforgeError(
+            f"--hidden-states-path {root} was written from a target with hidden size {meta['target_hidden_size']} "
+            f"and aux layers {meta['aux_layer_ids']}, but this target has {Ht} and {list(target.layer_ids)}; "
+            "pass the --target-model-path it was prepared with.")
