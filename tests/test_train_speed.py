@@ -9,6 +9,7 @@ from test_ttt import H, V, VD, batch, draft_config, make_draft
 
 from specforge.core.eagle3 import Eagle3TTT, teacher_from_hidden, teacher_positions, ttt_valid_mask
 from specforge.modeling.draft import LlamaForCausalLMEagle3
+from specforge.inference import precision
 from specforge.train import components
 
 # bf16 tolerance (documented in README "Training speed"): one step's loss within 1 % of fp32 and every
@@ -73,9 +74,9 @@ def test_bf16_training_run_tracks_fp32():
 
 
 def test_dtype_auto_is_bf16_only_where_native(monkeypatch):
-    monkeypatch.setattr(components, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
     assert components.resolve_train_dtype("auto", "cpu") == torch.bfloat16
-    monkeypatch.setattr(components, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert components.resolve_train_dtype("auto", "cpu") == torch.float32
     assert components.resolve_train_dtype("bfloat16", "cpu") == torch.bfloat16
     assert components.resolve_train_dtype("float32", "cpu") == torch.float32

@@ -37,16 +37,6 @@ class FatalBackendError(Exception):
     """The generator itself is broken; the run stops."""
 
 
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 decodes 2-3x faster."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def generation_dtype(dtype: str | None, device: str):
     """``auto`` -> bf16 where the CPU/GPU supports it, else fp32; other names as :func:`resolve_dtype`."""
     import torch
@@ -56,7 +46,9 @@ def generation_dtype(dtype: str | None, device: str):
     if dtype in (None, "auto"):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+        from specforge.inference.precision import cpu_has_fast_bf16
+
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     return resolve_dtype(dtype, device)
 
 

@@ -26,19 +26,6 @@ def resolve_attention_backend(name: str | None, device: str = "cpu") -> str | No
     return name
 
 
-def cpu_has_bf16() -> bool:
-    """True when this CPU has native bf16 dot products (``avx512_bf16`` or ``amx_bf16``; Linux cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
 def resolve_train_dtype(name: str | None, device: str):
     """``--dtype`` of training -> torch dtype. ``auto`` = bf16 where the hardware runs it natively (CUDA with
     bf16 support, CPUs with avx512_bf16/amx_bf16), else fp32. The draft keeps fp32 master weights and
@@ -49,7 +36,9 @@ def resolve_train_dtype(name: str | None, device: str):
         return resolve_dtype(name, device)
     if str(device).startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if str(device) == "cpu" and cpu_has_bf16() else torch.float32
+    from specforge.inference import precision
+
+    return torch.bfloat16 if str(device) == "cpu" and precision.cpu_has_fast_bf16() else torch.float32
 
 
 def build_draft_config(args, target_config):
