@@ -174,3 +174,16 @@ def test_bench_reads_every_export_layout_with_the_same_aux_states(tmp_path, tiny
                      "--baselines", "--no-plots", "--output", str(out)]) == 0
         taus.append([r["accept_histogram"] for r in _records(out) if r["method"] == "eagle3"])
     assert taus[0] == taus[1] and taus[0]
+
+
+def test_table_is_readable_when_piped(capsys, monkeypatch):
+    """Piped or logged output (not a terminal) keeps whole cells instead of rich's 80-column squeeze."""
+    from specforge.bench.report import print_table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    rec = {"benchmark": "mtbench", "method": "prompt_lookup", "config_str": "1,0,0,0", "accept_length": None,
+           "tokens_per_s": 31.5, "speedup": 1.31, "t_target_ms": 41.5, "t_verify_ms": None, "t_draft_ms": None,
+           "wall_time_s": 12.2, "num_samples": 3}
+    print_table([rec])
+    out = capsys.readouterr().out
+    assert "prompt_lookup" in out and "t_verify ms" in out, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from specforge.fileio import save_figure, write_jsonl
@@ -41,7 +42,10 @@ def print_table(records: list[dict]) -> None:
                       _fmt(r["tokens_per_s"], 1), _fmt(r.get("speedup")), _fmt(r.get("t_target_ms"), 1),
                       _fmt(r.get("t_verify_ms"), 1), _fmt(r.get("t_draft_ms"), 1), _fmt(r["wall_time_s"], 1),
                       str(r["num_samples"]))
-    Console(stderr=False).print(table)
+    console = Console(stderr=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200  # piped or logged: rich's 80-column default would cut every cell to "ben…"
+    console.print(table)
 
 
 def write_plots(records: list[dict], output: str | Path) -> list[Path]:
