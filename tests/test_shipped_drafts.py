@@ -65,3 +65,21 @@ def test_bench_validate_export_take_a_name(drafts_root, monkeypatch, tmp_path, t
                  "--config-list", "1,2,1,3", "--benchmark-list", "gsm8k:1", "--no-plots",
                  "--output", str(tmp_path / "x.jsonl")]) != 0
     assert "no shipped draft" in capsys.readouterr().err
+
+
+def test_serve_takes_a_name(drafts_root, monkeypatch, tiny_target_dir):
+    """`serve --speculative-draft-model-path NAME` loads the shipped draft (uvicorn replaced by a stub)."""
+    import uvicorn
+
+    monkeypatch.setenv(shipped_drafts.ENV, str(drafts_root))
+    served = {}
+
+    def fake_run(app, **kw):
+        served["app"], served["port"] = app, kw["port"]
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    assert main(["serve", "--model-path", tiny_target_dir, "--speculative-draft-model-path", NAME,
+                 "--speculative-config", "1,2,1,3", "--port", "30111", "--device", "cpu"]) == 0
+    assert served["port"] == 30111 and served["app"] is not None
+    assert main(["serve", "--model-path", tiny_target_dir, "--speculative-draft-model-path", "no-such-draft",
+                 "--port", "30111"]) != 0

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target model (HF dir, hub id, or the offline default)")
     parser.add_argument("--served-model-name", default=None, help="name /v1/models reports (default: --model-path)")
     parser.add_argument("--speculative-draft-model-path", default=None,
-                        help="EAGLE-3 draft dir (checkpoint or export): decode through the speculative decoder")
+                        help="EAGLE-3 draft dir (checkpoint or export) or a shipped draft's name: decode through "
+                             "the speculative decoder")
     parser.add_argument("--speculative-config", default="4,3,1,4",
                         help="batch_size,num_steps,topk,num_verify_tokens of the speculative decoder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -47,8 +48,11 @@ def run(args: argparse.Namespace) -> int:
         raise SpecforgeError(f"--batch-size must be >= 1 (got {args.batch_size}).")
     if args.speculative_draft_model_path:
         from specforge.regen.speculative import SpeculativeGenerator, parse_spec_config
+        from specforge.shipped_drafts import resolve_draft
 
         parse_spec_config(args.speculative_config)  # fail before loading models
+        args.speculative_draft_model_path = resolve_draft(args.speculative_draft_model_path,
+                                                          "--speculative-draft-model-path")
         gen = SpeculativeGenerator.load(args.model_path, args.speculative_draft_model_path,
                                         args.speculative_config, device=args.device, dtype=args.dtype)
     else:
