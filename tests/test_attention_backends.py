@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from specforge.errors import SpecforgeError
-from specforge.modeling.draft import attention as A
+from specforge.eagle3 import attention as A
 from specforge.modeling.draft import available_attention_backends, get_attention_backend
 
 
@@ -85,7 +85,7 @@ def test_registry_and_unknown_backend():
     try:
         assert isinstance(get_attention_backend("test-eager-alias"), Alias)
     finally:
-        A._BACKENDS.pop("test-eager-alias")
+        A.BACKENDS.entries.pop("test-eager-alias")
 
 
 def test_flex_on_cpu_falls_back_with_one_logged_reason(caplog):

@@ -144,7 +144,7 @@ def to_markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI of the overhead measurement (see module docstring)."""
-    from specforge.cli import setup_logging
+    from specforge.logs import setup_logging
     from specforge.modeling.loading import DEFAULT_TARGET
 
     ap = argparse.ArgumentParser(prog="bench_model_speedup.py --decoder-overhead", description=__doc__.split("\n\n")[0])

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from specforge.errors import SpecforgeError
+from specforge.logs import setup_logging  # noqa: F401  (re-exported: scripts and tests call it from here)
 
 # command name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,17 +48,6 @@ def build_parser(command: str) -> tuple[argparse.ArgumentParser, object]:
     )
     module.add_arguments(parser)
     return parser, module
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Plain, one-line log records on stderr."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="[specforge] %(levelname)s %(message)s" if verbose else "[specforge] %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "fsspec", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

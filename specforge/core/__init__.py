@@ -1,5 +1,5 @@
-"""Training-time-test unroll and loss for EAGLE-3."""
+"""Old home of the TTT unroll and loss; they live in :mod:`specforge.eagle3.ttt`."""
 
-from .eagle3 import Eagle3TTT, TeacherTargets, teacher_from_hidden, teacher_from_logits
+from specforge.eagle3.ttt import Eagle3TTT, TeacherTargets, teacher_from_hidden, teacher_from_logits
 
 __all__ = ["Eagle3TTT", "TeacherTargets", "teacher_from_hidden", "teacher_from_logits"]

@@ -38,3 +38,16 @@ def pad_batch(rows: Sequence[Mapping], pad_token_id: int, pad_to_multiple_of: in
         attn[b, :n] = 1
         loss[b, :n] = m
     return {"input_ids": out_ids, "attention_mask": attn, "loss_mask": loss}
+
+
+def row_lengths(rows) -> list[int]:
+    """Token count of every row: from the Arrow column of a ``datasets.Dataset`` without decoding it
+    into Python lists, or from a list of dicts."""
+    if hasattr(rows, "lengths"):  # e.g. a hidden-state store: lengths without reading the rows
+        return list(rows.lengths())
+    if hasattr(rows, "with_format"):
+        import pyarrow.compute as pc
+
+        col = rows.with_format("arrow")[:].column("input_ids")
+        return pc.list_value_length(col).to_pylist()
+    return [len(r["input_ids"]) for r in rows]

@@ -58,7 +58,7 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from specforge.train.trainer import row_lengths
+    from specforge.data.collate import row_lengths
 
     if storage_dtype not in STORAGE_DTYPES:
         raise SpecforgeError(f"unknown storage dtype '{storage_dtype}'; use one of {', '.join(STORAGE_DTYPES)}.")

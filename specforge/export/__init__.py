@@ -13,22 +13,21 @@ Public API (``specforge export`` / ``specforge validate`` are thin CLIs over it)
 
 from __future__ import annotations
 
-from specforge.export.formats import (  # noqa: F401
-    EXPORTERS,
+from specforge.export.formats import EXPORTERS, layout_name, register_exporter  # noqa: F401
+from specforge.export.gguf import check_gguf, export_gguf  # noqa: F401  (registers the 'gguf' layout)
+from specforge.export.roundtrip import load_draft  # noqa: F401
+from specforge.export.report import Check, Report  # noqa: F401
+from specforge.export.source import (  # noqa: F401
     DraftSource,
     ExportOptions,
     ExportPlan,
     TargetInfo,
-    export_draft,
-    layout_name,
     load_source,
-    register_exporter,
     source_from_dict,
     target_info,
 )
-from specforge.export.gguf import check_gguf, export_gguf  # noqa: F401  (registers the 'gguf' layout)
-from specforge.export.roundtrip import load_draft  # noqa: F401
-from specforge.export.validate import Check, Report, check_draft, validate_directory  # noqa: F401
+from specforge.export.validate import check_draft, validate_directory  # noqa: F401
+from specforge.export.write import export_draft  # noqa: F401
 
 __all__ = [
     "EXPORTERS", "Check", "check_gguf", "export_gguf", "DraftSource", "ExportOptions", "ExportPlan", "Report", "TargetInfo", "check_draft",

@@ -25,12 +25,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from specforge.errors import SpecforgeError
 from specforge.export import spec
+from specforge.export.source import (  # noqa: F401  (re-exported: the builders' types)
+    DraftSource,
+    ExportOptions,
+    ExportPlan,
+    TargetInfo,
+    load_source,
+    source_from_dict,
+    target_info,
+)
+from specforge.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -42,102 +51,14 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
            "float16": "float16", "fp16": "float16"}
 
 
-@dataclass
-class DraftSource:
-    """A draft normalised to specforge's layout: flat config, ``midlayer.*`` tensors, ids in our convention."""
-
-    config: dict[str, Any]
-    tensors: dict[str, Any]  # name -> torch.Tensor (may live on the meta device)
-    aux_ids: list[int] | None  # HF hidden_states indices; None = EAGLE-3 defaults
-    path: str = ""
-    dropped: list[str] = field(default_factory=list)  # names removed while normalising (embedding)
-
-
-@dataclass(frozen=True)
-class TargetInfo:
-    """What an export needs to know about the target (verifier) model."""
-
-    name_or_path: str
-    architectures: tuple[str, ...]
-    num_hidden_layers: int
-    hidden_size: int
-    vocab_size: int
-    max_position_embeddings: int | None = None
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """User options of an export: float dtype (``keep`` = as trained), verifier name, draft depth."""
-
-    dtype: str = "keep"
-    verifier: str | None = None
-    num_speculative_tokens: int = 3
-
-
-@dataclass
-class ExportPlan:
-    """Everything one export writes: ``config.json`` content, tensors, and the manifest."""
-
-    layout: str
-    config: dict[str, Any]
-    tensors: dict[str, Any]
-    manifest: dict[str, Any]
-
-
-EXPORTERS: dict[str, Callable[[DraftSource, "TargetInfo | None", ExportOptions], ExportPlan]] = {}
+Builder = Callable[[DraftSource, "TargetInfo | None", ExportOptions], ExportPlan]
+REGISTRY: Registry[Builder] = Registry("export layout", "--to")
+EXPORTERS = REGISTRY.entries  # name -> builder (kept for callers that read the dict)
 
 
 def register_exporter(name: str):
     """Decorator: make a builder available as ``specforge export --to``-layout ``name``."""
-
-    def deco(fn):
-        EXPORTERS[name] = fn
-        return fn
-
-    return deco
-
-
-# ----------------------------------------------------------------------------------------------- reading
-
-def source_from_dict(config: dict, tensors: dict, layout: str = "checkpoint", path: str = "") -> DraftSource:
-    """Normalise an in-memory draft (config + tensors of ``layout``) to a :class:`DraftSource`."""
-    flat = spec.flatten_config(config, layout)
-    ids = spec.specforge_aux_ids(config, layout)
-    tensors = spec.rename_layer(tensors, spec.layer_prefix(layout), "midlayer.")
-    if layout in ("eagle3", "checkpoint", "hf"):  # accept recent-SGLang style names in unknown dirs
-        tensors = spec.rename_layer(tensors, "layers.0.", "midlayer.")
-    dropped = [k for k in tensors if k in spec.EMBED_KEYS]
-    tensors = {k: v for k, v in tensors.items() if k not in spec.EMBED_KEYS}
-    if flat.get("norm_before_residual"):
-        raise SpecforgeError(f"{path or 'draft'}: config says norm_before_residual=true, but specforge drafts "
-                             "add the residual before hidden_norm; this is not a specforge-trained draft.")
-    layers = flat.get("num_hidden_layers", 1)
-    if layers not in (None, 1):
-        raise SpecforgeError(f"{path or 'draft'}: num_hidden_layers={layers}; only one-layer EAGLE-3 drafts "
-                             "can be exported. Fix num_hidden_layers in the draft config.")
-    return DraftSource(flat, tensors, ids, path, dropped)
-
-
-def load_source(directory: str | os.PathLike) -> DraftSource:
-    """Read a draft directory of any layout (training checkpoint or an export) into a DraftSource."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise SpecforgeError(f"--checkpoint {d}: not a directory; pass an epoch_<i>/ dir or an export.")
-    cfg = spec.read_json(d / "config.json")
-    spec.check_is_draft(d, cfg)
-    layout = spec.detect_layout(d, cfg)
-    return source_from_dict(cfg, spec.read_tensors(d), layout, str(d))
-
-
-def target_info(name_or_path: str) -> TargetInfo:
-    """Read the target's config (no weights) through specforge's one model loader."""
-    from specforge.modeling.loading import canonical_name, load_config
-
-    cfg = load_config(name_or_path)
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    name = str(Path(name_or_path).resolve()) if os.path.isdir(name_or_path) else canonical_name(name_or_path)
-    return TargetInfo(name, tuple(getattr(cfg, "architectures", None) or ()), int(cfg.num_hidden_layers),
-                      int(cfg.hidden_size), int(cfg.vocab_size), getattr(cfg, "max_position_embeddings", None))
+    return REGISTRY.register(name)
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -185,19 +106,24 @@ def _check_ids(ids: list[int] | None, target: TargetInfo | None) -> list[int] | 
 
 
 def model_config(src: DraftSource, dtype: str) -> dict[str, Any]:
-    """The HF Llama fields both engines read, written explicitly (nothing left to engine defaults)."""
-    dims = spec.DraftDims.from_config(src.config)
+    """The HF fields both engines read, written explicitly (nothing left to engine defaults).
+
+    Architecture, ``model_type``, ``hidden_act`` and the layer count come from the draft's own config; the
+    EAGLE-3.1 options are written when on (every engine reads an absent one as false, the trained meaning)."""
+    dims = spec.draft_dims(src.config)
     theta, scaling, params = _rope(src.config)
     out = {k: src.config[k] for k in _MODEL_KEYS if src.config.get(k) is not None}
     out.update({
-        "architectures": [spec.ARCH], "model_type": "llama", "num_hidden_layers": 1, "hidden_act": "silu",
-        "head_dim": dims.head_dim, "num_key_value_heads": dims.num_kv_heads,
+        "architectures": [dims.architecture], "model_type": src.config.get("model_type") or "llama",
+        "num_hidden_layers": dims.num_hidden_layers, "hidden_act": src.config.get("hidden_act") or "silu",
+        "head_dim": dims.head_dim, "num_key_value_heads": dims.num_key_value_heads,
         "draft_vocab_size": dims.draft_vocab_size, "rope_theta": theta, "rope_scaling": scaling,
         "rope_parameters": params, "max_position_embeddings": src.config.get("max_position_embeddings") or 2048,
         # SGLang ties lm_head to embed_tokens when this is true: the trained head would be ignored
         "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
         # vLLM's speculators path defaults this to true; specforge drafts add the residual before hidden_norm
         "norm_before_residual": False, "torch_dtype": dtype,
+        **dims.options,
     })
     if dims.target_hidden_size != dims.hidden_size:
         out["target_hidden_size"] = dims.target_hidden_size
@@ -244,11 +170,14 @@ def build_vllm_speculators(src: DraftSource, target: TargetInfo | None, opts: Ex
     if not verifier:
         raise SpecforgeError("the vLLM speculators layout names its verifier: pass --target-model-path "
                              "(or --verifier NAME), or use --vllm-layout eagle3.")
+    arch = (src.config.get("architectures") or [spec.ARCH])[0]
+    if arch != spec.ARCH:
+        raise SpecforgeError(f"the speculators layout describes the Llama EAGLE-3 draft only; {arch} is another "
+                             "class: export it with --to sglang or --vllm-layout eagle3 (they keep its name).")
     dtype = _float_dtype(src, opts)
     ids = _check_ids(src.aux_ids, target)
     layer = model_config(src, dtype)
-    top = {k: layer.pop(k) for k in ("draft_vocab_size", "target_hidden_size", "norm_before_residual")
-           if k in layer}
+    top = {k: layer.pop(k) for k in spec.SPECULATORS_TOP_FIELDS if k in layer}
     layer["architectures"] = ["LlamaForCausalLM"]
     cfg = {
         "architectures": [spec.SPECULATORS_ARCH], "speculators_model_type": "eagle3",
@@ -291,48 +220,3 @@ def write_plan(plan: ExportPlan, directory: Path) -> None:
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n", encoding="utf-8")
     (directory / spec.MANIFEST).write_text(json.dumps(plan.manifest, indent=2) + "\n", encoding="utf-8")
-
-
-def _guard_output(out: Path, src_dir: Path | None, force: bool) -> None:
-    out_r = out.resolve()
-    if src_dir is not None:
-        s = src_dir.resolve()
-        if out_r == s or s.is_relative_to(out_r):
-            raise SpecforgeError(f"--output-dir {out} would replace the checkpoint it reads; pick another dir.")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / spec.MANIFEST).is_file() \
-            and not force:
-        raise SpecforgeError(f"--output-dir {out} exists and is not a specforge export; choose a new "
-                             "directory (or pass --force to replace it).")
-
-
-def export_draft(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, to: str = "sglang",
-                 target_model_path: str | None = None, options: ExportOptions | None = None,
-                 force: bool = False):
-    """Export ``checkpoint`` as layout ``to`` (a key of :data:`EXPORTERS`) into ``output_dir``.
-
-    The directory appears atomically and only after the structural validation passed; returns the
-    :class:`specforge.export.validate.Report` of the written directory.
-    """
-    from specforge.export.validate import validate_directory
-    from specforge.fileio import atomic_path
-
-    if to not in EXPORTERS:
-        raise SpecforgeError(f"unknown export layout '{to}'; choose one of {', '.join(sorted(EXPORTERS))}.")
-    if to == "gguf":
-        raise SpecforgeError("the gguf layout is one file, not a directory: use specforge.export.export_gguf "
-                             "(`specforge export --to gguf --output FILE.gguf`).")
-    out = Path(output_dir)
-    _guard_output(out, Path(checkpoint), force)
-    src = load_source(checkpoint)
-    if src.dropped:
-        logger.info("not exporting %s: the engines share the target's embedding", ", ".join(src.dropped))
-    target = target_info(target_model_path) if target_model_path else None
-    plan = EXPORTERS[to](src, target, options or ExportOptions())
-    with atomic_path(out, is_dir=True) as tmp:
-        write_plan(plan, tmp)
-        report = validate_directory(tmp, layout=to, decode=False, target=target)
-        if not report.ok:
-            bad = report.failures()[0]
-            raise SpecforgeError(f"export refused: {bad.name}: {bad.detail} ({bad.fix})")
-    report.directory = str(out)
-    return report

@@ -30,15 +30,8 @@ from typing import Any
 
 from specforge.errors import SpecforgeError
 from specforge.export import spec
-from specforge.export.formats import (
-    DraftSource,
-    ExportOptions,
-    ExportPlan,
-    TargetInfo,
-    _rope,
-    load_source,
-    register_exporter,
-)
+from specforge.export.formats import _rope, register_exporter
+from specforge.export.source import DraftSource, ExportOptions, ExportPlan, TargetInfo, load_source
 from specforge.export.gguf_header import read_header, read_tensor_int64
 
 logger = logging.getLogger(__name__)
@@ -93,6 +86,9 @@ def refuse_unsupported(src: DraftSource) -> None:
             raise SpecforgeError(f"{src.path or 'draft'}: config sets {key}={cfg[key]!r} (EAGLE-3.1: {what}); "
                                  "llama.cpp's EAGLE-3 loader does not read it, so the draft would run without it "
                                  "and mispredict. Export it for SGLang/vLLM instead.")
+    if (cfg.get("num_hidden_layers") or 1) != 1:
+        raise SpecforgeError(f"{src.path or 'draft'}: num_hidden_layers={cfg['num_hidden_layers']}; llama.cpp's "
+                             "EAGLE-3 graph has one block. Export it for vLLM (or a recent SGLang) instead.")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise SpecforgeError(f"{src.path or 'draft'}: attention/MLP biases are set; llama.cpp's EAGLE-3 graph has "
                              "no bias tensors, so they would be dropped. Train without biases.")
@@ -110,12 +106,12 @@ def refuse_unsupported(src: DraftSource) -> None:
                              "layout (a later EAGLE variant?); it would be dropped, so the export is refused.")
 
 
-def expected_layout(dims: spec.DraftDims, n_aux: int = 3) -> dict[str, tuple[tuple[int, ...], str]]:
+def expected_layout(dims: spec.Eagle3Config, n_aux: int = 3) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every tensor llama.cpp's loader requires: ``gguf name -> (numpy shape, kind)``, kind float|norm|int64.
 
     numpy shapes are torch's (GGUF stores them reversed as ``ne``; llama.cpp's ``{in, out}`` is our ``[out, in]``).
     """
-    ours = spec.expected_tensors(dims)
+    ours = spec.expected_tensors(dims.to_dict())
     out = {}
     for name, gg in TENSOR_NAMES.items():
         shape, kind = ours[name]
@@ -154,7 +150,7 @@ def build_gguf(src: DraftSource, target: TargetInfo | None, opts: ExportOptions)
         raise SpecforgeError("--to gguf needs the target (--target-model-path): its layer count, hidden size and "
                              "tokenizer go into the GGUF file.")
     refuse_unsupported(src)
-    dims = spec.DraftDims.from_config(src.config)
+    dims = spec.draft_dims(src.config)
     if dims.hidden_size != target.hidden_size:
         raise SpecforgeError(f"draft hidden_size {dims.hidden_size} != target hidden size {target.hidden_size}: "
                              "llama.cpp feeds the target's token embedding into the draft, so they must match.")
@@ -180,9 +176,9 @@ def build_gguf(src: DraftSource, target: TargetInfo | None, opts: ExportOptions)
             t = t.to(torch.float32)  # norms stay F32, as llama.cpp's converter keeps 1-D tensors
         else:
             if name.endswith("q_proj.weight"):
-                t = permute_rope(t, dims.num_heads)
+                t = permute_rope(t, dims.num_attention_heads)
             elif name.endswith("k_proj.weight"):
-                t = permute_rope(t, dims.num_kv_heads)
+                t = permute_rope(t, dims.num_key_value_heads)
             t = t.to(tdtype)
         tensors[gg] = t
     theta, _, _ = _rope(src.config)
@@ -196,8 +192,8 @@ def build_gguf(src: DraftSource, target: TargetInfo | None, opts: ExportOptions)
                                    or 2048),
         f"{a}.embedding_length": dims.hidden_size,
         f"{a}.feed_forward_length": dims.intermediate_size,
-        f"{a}.attention.head_count": dims.num_heads,
-        f"{a}.attention.head_count_kv": dims.num_kv_heads,
+        f"{a}.attention.head_count": dims.num_attention_heads,
+        f"{a}.attention.head_count_kv": dims.num_key_value_heads,
         f"{a}.attention.key_length": dims.head_dim,
         f"{a}.attention.value_length": dims.head_dim,
         f"{a}.attention.layer_norm_rms_epsilon": float(src.config.get("rms_norm_eps") or 1e-6),
@@ -329,10 +325,12 @@ def check_gguf(path: str | os.PathLike, target: TargetInfo | None = None) -> lis
         problems.append("norm_before_residual is true; specforge drafts add the un-normed residual")
     H, heads = h.get(f"{ARCH}.embedding_length"), h.get(f"{ARCH}.attention.head_count")
     d2t = h.tensors.get("d2t")
-    dims = spec.DraftDims(H, heads, h.get(f"{ARCH}.attention.head_count_kv"),
-                          h.get(f"{ARCH}.attention.key_length") or H // heads, h.get(f"{ARCH}.feed_forward_length"),
-                          h.get(f"{ARCH}.vocab_size"), d2t.shape[0] if d2t is not None else h.get(f"{ARCH}.vocab_size"),
-                          h.get(f"{ARCH}.target_hidden_size"))
+    dims = spec.Eagle3Config(
+        hidden_size=H, num_attention_heads=heads, num_key_value_heads=h.get(f"{ARCH}.attention.head_count_kv"),
+        head_dim=h.get(f"{ARCH}.attention.key_length") or H // heads,
+        intermediate_size=h.get(f"{ARCH}.feed_forward_length"), vocab_size=h.get(f"{ARCH}.vocab_size"),
+        draft_vocab_size=d2t.shape[0] if d2t is not None else h.get(f"{ARCH}.vocab_size"),
+        target_hidden_size=h.get(f"{ARCH}.target_hidden_size"), source=str(path))
     layout = expected_layout(dims, len(layer_lists[0]))
     for name, (shape, kind) in layout.items():
         t = h.tensors.get(name)

@@ -11,43 +11,29 @@ import os
 import tempfile
 from pathlib import Path
 
-from specforge.export import formats, spec
+from specforge.eagle3.auto import AutoEagle3DraftModel
+from specforge.eagle3.config import VLLM_IDS_FIELD, aux_layer_ids
+from specforge.export import formats
+from specforge.export.source import DraftSource, ExportOptions, load_source
 
 
-def materialize(source: "formats.DraftSource", directory: str | os.PathLike) -> Path:
+def materialize(source: DraftSource, directory: str | os.PathLike) -> Path:
     """Write ``source`` in specforge's own layout (config.json + model.safetensors) into ``directory``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    formats.write_plan(formats.build_hf(source, None, formats.ExportOptions()), d)
+    formats.write_plan(formats.build_hf(source, None, ExportOptions()), d)
     return d
 
 
-def build_model(source: "formats.DraftSource"):
+def build_model(source: DraftSource):
     """Instantiate the draft class named by the config and load ``source``'s tensors strictly.
 
     Returns an ``Eagle3DraftModel`` on CPU in eval mode (embedding not loaded: call ``load_embedding``).
-    Raises :class:`SpecforgeError` when the tensors do not fit the class, ImportError when the model
-    package is unavailable.
+    Raises :class:`SpecforgeError` when the tensors do not fit the class.
     """
-    try:
-        from specforge.modeling.auto import AutoEagle3DraftModel
-    except ImportError:  # the auto registry is optional for this path: fall back to the one known class
-        AutoEagle3DraftModel = None
     with tempfile.TemporaryDirectory(prefix="specforge-draft-") as tmp:
         materialize(source, tmp)
-        if AutoEagle3DraftModel is not None:
-            return AutoEagle3DraftModel.from_pretrained(tmp).eval()
-        import json
-
-        from safetensors.torch import load_file
-        from transformers import LlamaConfig
-
-        from specforge.modeling.draft import LlamaForCausalLMEagle3
-
-        cfg = json.loads((Path(tmp) / "config.json").read_text(encoding="utf-8"))
-        model = LlamaForCausalLMEagle3(LlamaConfig(**cfg))
-        model.load_checkpoint_state(load_file(str(Path(tmp) / "model.safetensors")), source.path or "draft")
-    return model.eval()
+        return AutoEagle3DraftModel.from_pretrained(tmp).eval()
 
 
 def load_draft(directory: str | os.PathLike):
@@ -56,20 +42,12 @@ def load_draft(directory: str | os.PathLike):
     Returns ``(model, aux_layer_ids)``; ``aux_layer_ids`` are HF ``hidden_states`` indices or None for the
     EAGLE-3 defaults ``[2, L//2, L-3]``.
     """
-    source = formats.load_source(directory)
+    source = load_source(directory)
     return build_model(source), source.aux_ids
 
 
-def aux_ids_for(source: "formats.DraftSource", num_target_layers: int) -> list[int]:
-    """The aux ids a decoder must feed this draft, as HF ``hidden_states`` indices.
-
-    Goes through the trainer's own ``specforge.modeling.target.aux_layer_ids`` (the one function that
-    decides the layers for every stage) so decoding uses exactly the states the draft was trained on.
-    """
-    try:
-        from specforge.modeling.target import aux_layer_ids
-    except ImportError:  # pragma: no cover - target package absent
-        return list(source.aux_ids) if source.aux_ids else spec.default_aux_ids(num_target_layers)
-    # source.aux_ids are HF hidden_states indices: the top-level (vLLM, "input of layer i") field
-    cfg = {"eagle_aux_hidden_state_layer_ids": list(source.aux_ids)} if source.aux_ids else None
+def aux_ids_for(source: DraftSource, num_target_layers: int) -> list[int]:
+    """The aux ids a decoder must feed this draft, as HF ``hidden_states`` indices, through the one function
+    that decides the layers for every stage (:func:`specforge.eagle3.config.aux_layer_ids`)."""
+    cfg = {VLLM_IDS_FIELD: list(source.aux_ids)} if source.aux_ids else None
     return aux_layer_ids(num_target_layers, cfg)

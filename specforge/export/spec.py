@@ -1,45 +1,36 @@
-"""What an EAGLE-3 draft directory must contain: dimensions, tensor names/shapes, layer-id conventions.
+"""How a draft directory is read: layouts, layer-name prefixes, config flattening, files.
 
-This module is the single source of truth for the exporters and the validator. A draft directory is
-an HF-style ``config.json`` plus ``*.safetensors``; in specforge's own layout (training checkpoints,
-``--to hf``) tensors are named::
-
-    midlayer.self_attn.{q,k,v}_proj.weight   [heads*hd | kvh*hd, 2H]   (input = cat(embeds, hidden))
-    midlayer.self_attn.o_proj.weight         [H, heads*hd]
-    midlayer.mlp.{gate,up}_proj.weight       [I, H];  midlayer.mlp.down_proj.weight [H, I]
-    midlayer.{input_layernorm,hidden_norm,post_attention_layernorm}.weight  [H]
-    fc.weight [H, 3*Ht]   norm.weight [H]   lm_head.weight [Vd, H]   d2t int64 [Vd]   t2d bool [V]
-
-**Aux layer ids.** Internally (decoder, manifest) aux ids are indices into HF ``hidden_states``
-("input of decoder layer i"; 0 = embeddings). ``eagle_config.eagle_aux_hidden_state_layer_ids`` is
-SGLang's field and means "output of layer i" (SGLang captures before layer i+1): that is also how
-specforge's draft configs and checkpoints store it (``specforge.modeling.target.aux_layer_ids``), so it is
-our index minus one. vLLM reads the *top-level* ``eagle_aux_hidden_state_layer_ids`` first, meaning "input
-of layer i" (it captures ``hidden + residual`` before running layer i) = our index; it falls back to
-``eagle_config`` with that same meaning, which is off by one for SGLang-style configs. All engines
-default to ``[2, L//2, L-3]`` (as HF indices) when no ids are written.
+The tensors a draft must hold come from the model itself (:func:`expected_tensors`, built on the meta
+device by :mod:`specforge.eagle3.state`); the EAGLE-3 facts (architecture names, default aux ids and the
+engines' id conventions) from :mod:`specforge.eagle3.config`. Layouts and conventions: docs/EAGLE3.md
+section 4.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specforge.eagle3.config import (  # noqa: F401  (re-exported: the exporters' vocabulary)
+    ARCH,
+    SPECULATORS_ARCH,
+    OPTION_FIELDS,
+    Eagle3Config,
+    aux_ids_from_config,
+    default_aux_ids,
+    from_sglang_ids,
+    to_sglang_ids,
+)
+from specforge.eagle3.state import TensorSpec, checkpoint_tensors
 from specforge.errors import SpecforgeError
 
-ARCH = "LlamaForCausalLMEagle3"
-SPECULATORS_ARCH = "Eagle3Speculator"
 MANIFEST = "specforge_export.json"
 # layouts: specforge's own (checkpoint / --to hf), SGLang + vLLM plain EAGLE-3 (same file set), speculators
 LAYOUTS = ("checkpoint", "hf", "sglang", "vllm-eagle3", "vllm-speculators", "eagle3")
 
-MIDLAYER_SUFFIXES = (
-    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-    "input_layernorm.weight", "hidden_norm.weight", "post_attention_layernorm.weight",
-)
+#: fields a speculators config holds at its top level, outside ``transformer_layer_config``
+SPECULATORS_TOP_FIELDS = ("draft_vocab_size", "target_hidden_size", "norm_before_residual", *OPTION_FIELDS)
 EMBED_KEYS = ("embed_tokens.weight", "model.embed_tokens.weight")
 
 
@@ -48,51 +39,20 @@ def layer_prefix(layout: str) -> str:
     return "layers.0." if layout == "vllm-speculators" else "midlayer."
 
 
-@dataclass(frozen=True)
-class DraftDims:
-    """Sizes of a one-layer EAGLE-3 Llama draft, read from its (flattened) config."""
-
-    hidden_size: int  # H
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int  # hd
-    intermediate_size: int  # I
-    vocab_size: int  # V (target vocab)
-    draft_vocab_size: int  # Vd
-    target_hidden_size: int  # Ht
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "DraftDims":
-        """Read the sizes; raises :class:`SpecforgeError` naming the first missing/invalid field."""
-        need = ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
-        for k in need:
-            if not isinstance(cfg.get(k), int) or cfg[k] <= 0:
-                raise SpecforgeError(f"config.json: field '{k}' missing or not a positive integer; "
-                                     "re-export from the training checkpoint.")
-        h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        hd = cfg.get("head_dim") or h // heads
-        dv = cfg.get("draft_vocab_size") or cfg["vocab_size"]
-        return cls(h, heads, cfg.get("num_key_value_heads") or heads, int(hd), cfg["intermediate_size"],
-                   cfg["vocab_size"], int(dv), cfg.get("target_hidden_size") or h)
+def draft_dims(flat: dict[str, Any], speculators: bool = False) -> Eagle3Config:
+    """The typed sizes of a flat draft config; raises :class:`SpecforgeError` naming the first bad field."""
+    return Eagle3Config.from_dict(flat, "config.json", speculators)
 
 
-def expected_tensors(dims: DraftDims, prefix: str = "midlayer.") -> dict[str, tuple[tuple[int, ...], str]]:
-    """Every tensor a complete draft must hold: ``name -> (shape, kind)``, kind ``float|int64|bool``."""
-    h, hd, inter = dims.hidden_size, dims.head_dim, dims.intermediate_size
-    q, kv = dims.num_heads * hd, dims.num_kv_heads * hd
-    shapes = {
-        "self_attn.q_proj.weight": (q, 2 * h), "self_attn.k_proj.weight": (kv, 2 * h),
-        "self_attn.v_proj.weight": (kv, 2 * h), "self_attn.o_proj.weight": (h, q),
-        "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h), "mlp.down_proj.weight": (h, inter),
-        "input_layernorm.weight": (h,), "hidden_norm.weight": (h,), "post_attention_layernorm.weight": (h,),
-    }
-    out = {prefix + k: (v, "float") for k, v in shapes.items()}
-    out.update({
-        "fc.weight": ((h, 3 * dims.target_hidden_size), "float"), "norm.weight": ((h,), "float"),
-        "lm_head.weight": ((dims.draft_vocab_size, h), "float"),
-        "d2t": ((dims.draft_vocab_size,), "int64"), "t2d": ((dims.vocab_size,), "bool"),
-    })
-    return out
+def expected_tensors(flat: dict[str, Any], prefix: str = "midlayer.") -> dict[str, TensorSpec]:
+    """Every tensor a complete draft must hold: ``name -> (shape, kind)``, kind ``float|int64|bool``.
+
+    Derived from the draft class the config names (:func:`specforge.eagle3.state.checkpoint_tensors`), with
+    the first decoder layer named ``prefix`` (the layout's)."""
+    cfg = dict(flat)
+    if not cfg.get("architectures") or cfg["architectures"][0] in (SPECULATORS_ARCH, "LlamaForCausalLM"):
+        cfg["architectures"] = [ARCH]
+    return rename_layer(checkpoint_tensors(cfg), "midlayer.", prefix)
 
 
 def rename_layer(state: dict, src_prefix: str, dst_prefix: str) -> dict:
@@ -100,24 +60,6 @@ def rename_layer(state: dict, src_prefix: str, dst_prefix: str) -> dict:
     if src_prefix == dst_prefix:
         return dict(state)
     return {(dst_prefix + k[len(src_prefix):] if k.startswith(src_prefix) else k): v for k, v in state.items()}
-
-
-def default_aux_ids(num_layers: int) -> list[int]:
-    """EAGLE-3's default aux layers for an ``L``-layer target, as HF ``hidden_states`` indices."""
-    return [2, num_layers // 2, num_layers - 3]
-
-
-def to_sglang_ids(ids: list[int]) -> list[int]:
-    """specforge/vLLM ids ("input of layer i") -> SGLang's ("output of layer i")."""
-    if any(i < 1 for i in ids):
-        raise SpecforgeError(f"aux layer ids {ids} include 0 (the embeddings), which SGLang cannot capture; "
-                             "train with ids >= 1 to serve with SGLang.")
-    return [i - 1 for i in ids]
-
-
-def from_sglang_ids(ids: list[int]) -> list[int]:
-    """Inverse of :func:`to_sglang_ids`."""
-    return [i + 1 for i in ids]
 
 
 def read_json(path: Path) -> dict:
@@ -156,25 +98,17 @@ def flatten_config(cfg: dict, layout: str) -> dict:
     if layout != "vllm-speculators":
         return dict(cfg)
     flat = dict(cfg.get("transformer_layer_config") or {})
-    for k in ("draft_vocab_size", "target_hidden_size", "norm_before_residual"):
+    flat["architectures"] = [ARCH]  # the layer config names the verifier's class; the draft is the EAGLE-3 one
+    for k in SPECULATORS_TOP_FIELDS:
         if cfg.get(k) is not None:
             flat[k] = cfg[k]
     return flat
 
 
 def specforge_aux_ids(cfg: dict, layout: str) -> list[int] | None:
-    """The aux layer ids of a draft config as HF ``hidden_states`` indices (None = defaults).
-
-    Speculators configs carry only the vLLM (top-level) field; plain configs prefer SGLang's
-    ``eagle_config`` field (specforge writes it), else the top-level vLLM field.
-    """
-    top = cfg.get("eagle_aux_hidden_state_layer_ids")
-    if layout == "vllm-speculators":
-        return list(top) if top else None
-    sg = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
-    if sg:
-        return from_sglang_ids(list(sg))
-    return list(top) if top else None
+    """The aux layer ids of a draft config as HF ``hidden_states`` indices (None = defaults); see
+    :func:`specforge.eagle3.config.aux_ids_from_config`."""
+    return aux_ids_from_config(cfg, speculators=layout == "vllm-speculators")
 
 
 def weight_files(directory: Path) -> list[Path]:

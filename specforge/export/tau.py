@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from specforge.errors import SpecforgeError
-from specforge.export.validate import FAIL, PASS, SKIP, Check
+from specforge.export.report import FAIL, PASS, SKIP, Check
 
 logger = logging.getLogger(__name__)
 

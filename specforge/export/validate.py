@@ -9,47 +9,17 @@ why it matters and how to fix it. :func:`check_draft` is pure (config + tensors,
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from specforge.eagle3.auto import AutoDraftModelConfig
+from specforge.eagle3.config import ENGINE_SUPPORT
 from specforge.errors import SpecforgeError
 from specforge.export import spec
+from specforge.export.report import FAIL, PASS, SKIP, WARN, Check, Report
+from specforge.export.source import source_from_dict, target_info
 
-PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 _REEXPORT = "re-export with `specforge export --checkpoint <epoch dir>`"
-
-
-@dataclass
-class Check:
-    """One line of the report: ``status`` is pass/fail/warn/skip; ``fix`` says what to do on fail/warn."""
-
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
-
-
-@dataclass
-class Report:
-    """All checks of one directory."""
-
-    directory: str
-    layout: str
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when no check failed (warnings and skips allowed)."""
-        return not self.failures()
-
-    def failures(self) -> list[Check]:
-        """The failed checks, in order."""
-        return [c for c in self.checks if c.status == FAIL]
-
-    def get(self, name: str) -> Check | None:
-        """The check called ``name`` (None if it did not run)."""
-        return next((c for c in self.checks if c.name == name), None)
 
 
 def _fmt(shape) -> str:
@@ -74,23 +44,29 @@ def _check_config(cfg: dict, flat: dict, layout: str) -> list[Check]:
                              "re-export with --target-model-path (or --verifier)"))
         else:
             out.append(Check("config", PASS, f"speculators eagle3, verifier {verifier}"))
-    elif spec.ARCH not in (cfg.get("architectures") or []):
-        out.append(Check("config", FAIL, f"architectures is {cfg.get('architectures')}, not ['{spec.ARCH}']: "
-                         "engines would build a different model", _REEXPORT))
+    elif not (cfg.get("architectures") or [None])[0] in AutoDraftModelConfig._config_mapping:
+        out.append(Check("config", FAIL, f"architectures is {cfg.get('architectures')}, not a registered draft "
+                         f"class ({', '.join(sorted(AutoDraftModelConfig._config_mapping))}): engines would build "
+                         "a different model", _REEXPORT))
     else:
         out.append(Check("config", PASS, f"architectures {cfg['architectures']}"))
-    layers = flat.get("num_hidden_layers", 1)
-    if layers not in (None, 1):
-        out.append(Check("num_hidden_layers", FAIL, f"num_hidden_layers={layers}: engines build {layers} layers "
-                         "and leave the extra ones random", "set num_hidden_layers to 1"))
+    layers = flat.get("num_hidden_layers") or 1
+    if layers != 1:
+        support = ENGINE_SUPPORT["sglang"].multi_layer if layout == "sglang" else ""
+        out.append(Check("num_hidden_layers", WARN if support else PASS, f"{layers} decoder layers"
+                         + (f": {support}" if support else " (vLLM and specforge load them)"),
+                         "serve it with vLLM or a SGLang release that loads multi-layer drafts" if support else ""))
     if flat.get("tie_word_embeddings"):
         out.append(Check("tie_word_embeddings", FAIL, "tie_word_embeddings=true: SGLang replaces lm_head by the "
                          "embedding and ignores the trained head", "set tie_word_embeddings to false"))
     return out
 
 
-def _check_tensors(tensors: dict, dims: spec.DraftDims, prefix: str) -> list[Check]:
-    expected = spec.expected_tensors(dims, prefix)
+def _check_tensors(tensors: dict, flat: dict, prefix: str) -> list[Check]:
+    try:
+        expected = spec.expected_tensors(flat, prefix)
+    except SpecforgeError as e:
+        return [Check("config fields", FAIL, str(e), _REEXPORT)]
     out = []
     missing = [k for k in expected if k not in tensors]
     if "lm_head.weight" in missing:
@@ -152,7 +128,7 @@ def _check_finite(tensors: dict) -> Check:
     return Check("finite weights", PASS, "no NaN/inf")
 
 
-def _check_vocab_map(tensors: dict, dims: spec.DraftDims) -> list[Check]:
+def _check_vocab_map(tensors: dict, dims: spec.Eagle3Config) -> list[Check]:
     import torch
 
     d2t, t2d = tensors.get("d2t"), tensors.get("t2d")
@@ -236,7 +212,7 @@ def _check_aux_ids(cfg: dict, layout: str, manifest: dict | None, target) -> Che
     return Check(name, PASS, f"hidden_states {ours}, written in each engine's convention")
 
 
-def _check_target(dims: spec.DraftDims, flat: dict, target) -> list[Check]:
+def _check_target(dims: spec.Eagle3Config, flat: dict, target) -> list[Check]:
     out = []
     probs = []
     if dims.vocab_size != target.vocab_size:
@@ -265,17 +241,17 @@ def check_draft(config: dict, tensors: dict, layout: str = "eagle3", manifest: d
     flat = spec.flatten_config(config, layout)
     out = _check_config(config, flat, layout)
     try:
-        dims = spec.DraftDims.from_config(flat)
+        dims = spec.draft_dims(flat)
     except SpecforgeError as e:
         return out + [Check("config fields", FAIL, str(e), _REEXPORT)]
-    out.append(Check("config fields", PASS, f"H={dims.hidden_size} heads={dims.num_heads}/{dims.num_kv_heads} "
+    out.append(Check("config fields", PASS, f"H={dims.hidden_size} heads={dims.num_attention_heads}/{dims.num_key_value_heads} "
                      f"hd={dims.head_dim} I={dims.intermediate_size} V={dims.vocab_size} "
                      f"Vd={dims.draft_vocab_size} Ht={dims.target_hidden_size}"))
     prefix = spec.layer_prefix(layout)
     if layout in ("eagle3", "checkpoint", "hf") and not any(k.startswith("midlayer.") for k in tensors) \
             and any(k.startswith("layers.0.") for k in tensors):
         prefix = "layers.0."
-    out += _check_tensors(tensors, dims, prefix)
+    out += _check_tensors(tensors, flat, prefix)
     out.append(_check_finite(tensors))
     out += _check_vocab_map(tensors, dims)
     out.append(_check_norm(config, flat, layout))
@@ -306,10 +282,8 @@ def _check_embedding(tensors: dict, target_model) -> Check:
 
 
 def _check_loads(source) -> Check:
-    try:
-        from specforge.export.roundtrip import build_model
-    except ImportError as e:  # pragma: no cover - depends on the model package being present
-        return Check("loads in specforge", SKIP, f"skipped: draft model class unavailable ({e})")
+    from specforge.export.roundtrip import build_model
+
     try:
         build_model(source)
     except SpecforgeError as e:
@@ -327,8 +301,6 @@ def validate_directory(directory: str | os.PathLike, target_model_path: str | No
     ``target_model_path`` enables the target checks, the embedding comparison and (with ``decode``) the
     τ > 1 greedy decode; ``target`` (a :class:`TargetInfo`) gives the config checks without loading weights.
     """
-    from specforge.export import formats
-
     d = Path(directory)
     if not d.is_dir():
         raise SpecforgeError(f"{d}: not a directory; pass an exported or trained draft directory.")
@@ -346,7 +318,7 @@ def validate_directory(directory: str | os.PathLike, target_model_path: str | No
         report.checks.append(Check("weights", FAIL, str(e), _REEXPORT))
         return report
     if target is None and target_model_path:
-        target = formats.target_info(target_model_path)
+        target = target_info(target_model_path)
     report.checks += check_draft(cfg, tensors, layout, man, target)
     target_model = None
     if target_model_path and (decode or any(k in tensors for k in spec.EMBED_KEYS)):
@@ -359,7 +331,7 @@ def validate_directory(directory: str | os.PathLike, target_model_path: str | No
         if decode:
             report.checks.append(Check("greedy decode τ", SKIP, "skipped: fix the failures above first"))
         return report
-    source = formats.source_from_dict(cfg, tensors, layout, str(d))
+    source = source_from_dict(cfg, tensors, layout, str(d))
     report.checks.append(_check_loads(source))
     if decode:
         from specforge.export.tau import check_tau

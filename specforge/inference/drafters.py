@@ -142,7 +142,7 @@ class RandomDrafter(_SequenceTracker):
 
 
 class Eagle3Drafter(Drafter):
-    """Drafts with an EAGLE-3 draft model (``specforge.modeling.draft.base.Eagle3DraftModel``).
+    """Drafts with an EAGLE-3 draft model (``specforge.eagle3.base.Eagle3DraftModel``).
 
     The draft keeps one KV cache for the committed context (ragged rows, see :mod:`specforge.inference.kv`)
     and, while a tree is drafted, a temporary cache of the tree's slots; tree queries attend to the valid

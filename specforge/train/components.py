@@ -16,7 +16,7 @@ def resolve_attention_backend(name: str | None, device: str = "cpu") -> str | No
     """Check ``--draft-attention-backend`` against the registry. ``auto``/None -> the memory-lean choice
     for the device: ``flex_attention`` on CUDA (the fused CPU kernel behind ``sdpa`` does not exist
     there), else the registry default (None)."""
-    from specforge.modeling.draft.attention import available_attention_backends
+    from specforge.eagle3.attention import available_attention_backends
 
     if name in (None, "auto"):
         return "flex_attention" if str(device).startswith("cuda") else None
@@ -129,8 +129,8 @@ def init_head_from_target(draft, target_model) -> None:
 
 
 def build_ttt(draft, ttt_length: int, backend: str | None) -> torch.nn.Module:
-    """The TTT unroll module (``specforge.core.eagle3.Eagle3TTT``) over ``draft``."""
-    from specforge.core.eagle3 import Eagle3TTT
+    """The TTT unroll module (``specforge.eagle3.ttt.Eagle3TTT``) over ``draft``."""
+    from specforge.eagle3.ttt import Eagle3TTT
 
     return Eagle3TTT(draft, ttt_length=ttt_length, attention_backend=backend)
 
@@ -145,7 +145,7 @@ def make_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
     ``expected_accept`` plus raw ``correct``/``valid`` counts.
     """
 
-    from specforge.core.eagle3 import teacher_positions
+    from specforge.eagle3.ttt import teacher_positions
 
     def forward_fn(batch):
         ids, att, lm = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
@@ -163,7 +163,7 @@ def make_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
 def make_offline_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
     """Like :func:`make_forward_fn` for batches of stored hidden states (``aux_hidden``, ``last_hidden``):
     no target forward; the teacher goes through the target's frozen lm_head at the positions the TTT reads."""
-    from specforge.core.eagle3 import teacher_from_hidden, teacher_positions
+    from specforge.eagle3.ttt import teacher_from_hidden, teacher_positions
 
     def forward_fn(batch):
         ids, att, lm = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]

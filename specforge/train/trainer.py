@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from specforge.data.collate import pad_batch
+from specforge.data.collate import pad_batch, row_lengths
 from specforge.errors import SpecforgeError
 from specforge.train import checkpoint as ckpt
 from specforge.train import sharded
@@ -395,14 +395,3 @@ def _accumulate(sums: dict, metrics: dict) -> None:
         sums[k] = sums[k] + v if k in sums else v.clone()
 
 
-def row_lengths(rows) -> list[int]:
-    """Token count of every row: from the Arrow column of a ``datasets.Dataset`` without decoding it
-    into Python lists, or from a list of dicts."""
-    if hasattr(rows, "lengths"):  # e.g. a hidden-state store: lengths without reading the rows
-        return list(rows.lengths())
-    if hasattr(rows, "with_format"):
-        import pyarrow.compute as pc
-
-        col = rows.with_format("arrow")[:].column("input_ids")
-        return pc.list_value_length(col).to_pylist()
-    return [len(r["input_ids"]) for r in rows]

@@ -1,4 +1,5 @@
-"""Target-side interfaces: the TP target base class and which target states feed the draft."""
+"""Target-side interfaces: the TP target base class (``aux_layer_ids`` is re-exported from
+:mod:`specforge.eagle3.config`, which decides which target states feed the draft)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from specforge.eagle3.config import aux_layer_ids
 from specforge.errors import SpecforgeError
+
+__all__ = ["DistributedTargetModel", "aux_layer_ids", "check_tp_layout"]
 
 
 class DistributedTargetModel(ABC):
@@ -84,49 +88,3 @@ def check_tp_layout(config, tp_size: int) -> None:
     if any(lt != "full_attention" for lt in (getattr(t, "layer_types", None) or [])):
         raise SpecforgeError("the tensor-parallel target does not implement sliding-window layers "
                              f"(layer_types of {type(t).__name__}); use --tp-size 1.")
-
-
-def _config_dict(draft_config) -> dict:
-    if draft_config is None:
-        return {}
-    if isinstance(draft_config, dict):
-        return draft_config
-    return draft_config.to_dict() if hasattr(draft_config, "to_dict") else dict(vars(draft_config))
-
-
-def aux_layer_ids(num_layers: int, draft_config=None) -> list[int]:
-    """Indices into HF ``output_hidden_states`` (``hidden_states[i]`` = input of layer i) of the 3 aux states.
-
-    The one function that decides the target layers for every stage (train, bench, validate, export
-    round trips), from a draft config (object or dict) in any layout specforge reads:
-
-    * ``eagle_config.eagle_aux_hidden_state_layer_ids`` (SGLang, "output of layer i": id ``i`` -> index ``i+1``;
-      specforge writes it);
-    * else the top-level ``eagle_aux_hidden_state_layer_ids`` (vLLM / speculators, "input of layer i" = index);
-    * else the default ``[2, L//2, L-3]`` (inputs of layers 2, L//2, L-3 = outputs of layers 1, L//2-1, L-4).
-
-    Both fields present but naming different layers is an error (one engine would read layers off by one).
-    """
-    from specforge.export.spec import from_sglang_ids, specforge_aux_ids
-
-    cfg = _config_dict(draft_config)
-    layout = "vllm-speculators" if cfg.get("speculators_model_type") is not None else "eagle3"
-    ids = specforge_aux_ids(cfg, layout)
-    top = cfg.get("eagle_aux_hidden_state_layer_ids")
-    sg = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
-    if layout == "eagle3" and top and sg and list(top) != from_sglang_ids(list(sg)):
-        raise SpecforgeError(
-            f"draft config: eagle_config.eagle_aux_hidden_state_layer_ids {list(sg)} (output of layer i) and "
-            f"top-level eagle_aux_hidden_state_layer_ids {list(top)} (input of layer i) name different layers; "
-            "keep one of them.")
-    if ids is None:
-        if num_layers < 4:
-            raise SpecforgeError(f"EAGLE-3 needs a target with at least 4 layers (got {num_layers}); "
-                                 "set eagle_config.eagle_aux_hidden_state_layer_ids in the draft config.")
-        return [2, num_layers // 2, num_layers - 3]
-    out = [int(i) for i in ids]
-    if len(out) != 3 or any(not 1 <= i <= num_layers - 1 for i in out):
-        raise SpecforgeError(
-            f"aux layer ids select hidden_states {out}: need 3 indices in 1..{num_layers - 1} (inputs of layers; "
-            f"eagle_config ids 0..{num_layers - 2} are outputs of layers) for a {num_layers}-layer target.")
-    return out

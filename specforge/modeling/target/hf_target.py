@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specforge.core.eagle3 import TeacherTargets, teacher_from_hidden
+from specforge.eagle3.ttt import TeacherTargets, teacher_from_hidden
 
 from .base import aux_layer_ids
 
@@ -57,7 +57,7 @@ class HFEagle3TargetModel:
     def teacher(self, output: Eagle3TargetOutput, t2d: torch.Tensor, chunk: int = 256,
                 positions: torch.Tensor | None = None) -> TeacherTargets:
         """Teacher targets restricted to the draft vocab (``t2d [V]`` bool), in row chunks (no ``[B,L,V]``);
-        only at ``positions [B,L]`` bool when given (see :func:`specforge.core.eagle3.teacher_positions`)."""
+        only at ``positions [B,L]`` bool when given (see :func:`specforge.eagle3.ttt.teacher_positions`)."""
         return teacher_from_hidden(output.last_hidden, self.lm_head_weight, t2d, chunk, positions)
 
     @torch.no_grad()
