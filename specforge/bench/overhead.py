@@ -144,11 +144,11 @@ def to_markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI of the overhead measurement (see module docstring)."""
+    from specforge.flags import add_target_flag
     from specforge.logs import setup_logging
-    from specforge.modeling.loading import DEFAULT_TARGET
 
     ap = argparse.ArgumentParser(prog="bench_model_speedup.py --decoder-overhead", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-path", default=DEFAULT_TARGET)
+    add_target_flag(ap, ("--model-path", "--target-model-path"))
     ap.add_argument("--benchmark", default="mtbench:3")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--chains", type=int, nargs="+", default=[3, 7])
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=None, help="write the result as JSON here")
     args = ap.parse_args(argv)
     setup_logging()
-    res = measure(args.model_path, args.benchmark, args.max_new_tokens, args.chains, args.dtype, args.device,
+    res = measure(args.target_model_path, args.benchmark, args.max_new_tokens, args.chains, args.dtype, args.device,
                   args.repeats)
     print(to_markdown(res))
     if args.output:

@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The seed's ``bench_model_speedup.py`` flags plus decoding options."""
-    from specforge.modeling.loading import DEFAULT_TARGET
+    from specforge.flags import add_target_flag
 
-    parser.add_argument("--model-path", default=DEFAULT_TARGET, help="target model (HF dir or the offline default)")
+    add_target_flag(parser, ("--model-path", "--target-model-path"))
     parser.add_argument("--speculative-draft-model-path", default=None,
                         help="EAGLE-3 draft: a dir (e.g. OUTPUT_DIR/epoch_0), a shipped draft's name "
                              "(drafts/NAME, e.g. smollm2-135m-instruct-eagle3), 'oracle' or 'oracle:DIR'")
@@ -77,6 +77,7 @@ def run(args) -> int:
     """Run the benchmark; returns 0."""
     from specforge.bench.runner import BenchOptions, parse_config, run_bench
     from specforge.errors import SpecforgeError
+    from specforge.flags import target_from_args
 
     _notes(args)
     if args.max_new_tokens < 1:
@@ -84,7 +85,7 @@ def run(args) -> int:
     if args.temperature < 0:
         raise SpecforgeError("--temperature must be >= 0.")
     opts = BenchOptions(
-        model_path=args.model_path, draft_path=args.speculative_draft_model_path,
+        model_path=target_from_args(args), draft_path=args.speculative_draft_model_path,
         configs=[parse_config(c) for c in args.config_list], benchmarks=list(args.benchmark_list),
         output=args.output, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
         system_prompt=args.system_prompt, device=args.device, dtype=args.dtype,

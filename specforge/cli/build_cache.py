@@ -13,12 +13,12 @@ logger = logging.getLogger("specforge.build_cache")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `specforge build-cache` (the seed's flags plus --num-proc and --draft-vocab-size)."""
-    from specforge.modeling.loading import DEFAULT_TARGET
+    from specforge.eagle3.config import DEFAULT_DRAFT_VOCAB_CAP
+    from specforge.flags import add_target_flag
 
-    parser.add_argument("--target-model-path", default=DEFAULT_TARGET,
-                        help="target model: HF directory, repo id, or the offline default / alias smollm2-135m")
+    add_target_flag(parser)
     parser.add_argument("--draft-model-config", default=None,
-                        help="draft config JSON; its draft_vocab_size sets the draft vocab (min(32000, V) when omitted)")
+                        help=f"draft config JSON; its draft_vocab_size sets the draft vocab (min({DEFAULT_DRAFT_VOCAB_CAP}, V) when omitted)")
     parser.add_argument("--train-data-path", required=True, help="conversations JSONL for training")
     parser.add_argument("--eval-data-path", default=None, help="conversations JSONL for evaluation")
     parser.add_argument("--cache-dir", default="./cache", help="parent directory of the hashed cache dirs")
@@ -38,8 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from specforge.data.cache import build_eagle3_dataset_cache
     from specforge.data.view import view_samples
     from specforge.errors import SpecforgeError
+    from specforge.flags import target_from_args
     from specforge.modeling.loading import load_tokenizer
 
+    args.target_model_path = target_from_args(args)
     tokenizer = load_tokenizer(args.target_model_path)
     res = build_eagle3_dataset_cache(
         args.target_model_path, args.train_data_path, args.eval_data_path, cache_dir=args.cache_dir,

@@ -19,6 +19,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``specforge export``."""
+    from specforge.flags import add_target_flag
+
     parser.add_argument("--to", required=True, choices=("sglang", "vllm", "hf", "gguf"),
                         help="target engine / layout (gguf: llama.cpp EAGLE-3, one file)")
     parser.add_argument("--checkpoint", required=True,
@@ -28,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-gguf", default=None,
                         help="with --to gguf: the target's GGUF (vocabulary + layer count); default: the offline "
                              "default model's file, or --target-model-path when it is a .gguf file")
-    parser.add_argument("--target-model-path", default=None,
-                        help="target model (local dir or repo id): checks vocab/hidden/layer ids against it, "
-                             "omits default aux ids, names the verifier of the vLLM speculators config")
+    add_target_flag(parser, optional=True,
+                    help="target model (local dir or repo id): checks vocab/hidden/layer ids against it, "
+                         "omits default aux ids, names the verifier of the vLLM speculators config")
     parser.add_argument("--vllm-layout", default="speculators", choices=("speculators", "eagle3"),
                         help="with --to vllm: speculators config (`vllm serve DIR`) or plain EAGLE-3 "
                              "(--speculative-config method eagle3)")
@@ -46,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, then print the validation table of the written directory."""
+    from specforge.flags import target_from_args
+
+    args.target_model_path = target_from_args(args)
     from specforge.cli.validate import print_report
     from specforge.errors import SpecforgeError
     from specforge.export import ExportOptions, export_draft, layout_name

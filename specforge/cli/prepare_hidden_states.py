@@ -16,8 +16,9 @@ logger = logging.getLogger("specforge.prepare_hidden_states")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `specforge prepare-hidden-states` (the data/model flags mean what they mean for `train`)."""
-    parser.add_argument("--target-model-path", "--model-path", dest="target_model_path", default=None,
-                        help="target model; None = the offline HuggingFaceTB/SmolLM2-135M-Instruct")
+    from specforge.flags import add_target_flag
+
+    add_target_flag(parser)
     parser.add_argument("--draft-model-config", default=None, help="draft config.json (gives the draft vocab size)")
     parser.add_argument("--draft-vocab-size", type=int, default=None, help="overrides the config's draft_vocab_size")
     parser.add_argument("--train-data-path", required=True, help="training conversations JSONL")
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from specforge.data.hidden_states import prepare_hidden_states
     from specforge.errors import SpecforgeError
+    from specforge.flags import target_from_args
     from specforge.modeling.loading import (DEFAULT_TARGET, load_config, load_target_model, load_tokenizer,
                                             resolve_device)
     from specforge.modeling.target import HFEagle3TargetModel
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--num-proc", args.num_proc)):
         if value < 1:
             raise SpecforgeError(f"{flag} must be >= 1 (got {value}).")
-    target_path = args.target_model_path or DEFAULT_TARGET
+    target_path = target_from_args(args) or DEFAULT_TARGET
     device = resolve_device(args.device)
     dtype = resolve_train_dtype(args.dtype, device)
     draft_config = build_draft_config(args, load_config(target_path))

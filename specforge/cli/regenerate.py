@@ -17,11 +17,10 @@ logger = logging.getLogger("specforge.regenerate")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The seed's flags plus sampling, retry and embedded-engine options."""
-    from specforge.modeling.loading import DEFAULT_TARGET
+    from specforge.flags import add_target_flag
 
-    parser.add_argument("--model-name", "--model-path", "--target-model-path", dest="model_name",
-                        default=DEFAULT_TARGET,
-                        help="target model: loaded embedded, or the model name sent to the servers")
+    add_target_flag(parser, ("--model-name", "--model-path", "--target-model-path"),
+                    help="target model: loaded embedded, or the model name sent to the servers")
     parser.add_argument("--raw-data-file", required=True, help="conversations JSONL (prepare-data's output)")
     parser.add_argument("--output-dir", required=True, help="directory for shard_*.jsonl, error.jsonl, run.json")
     parser.add_argument("--server-address-port", nargs="*", default=[], metavar="HOST:PORT",
@@ -53,10 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Regenerate and print the closing summary."""
+    from specforge.flags import target_from_args
     from specforge.regen.run import RegenOptions, regenerate
 
     opts = RegenOptions(
-        model_name=args.model_name, raw_data_file=args.raw_data_file, output_dir=args.output_dir,
+        model_name=target_from_args(args), raw_data_file=args.raw_data_file, output_dir=args.output_dir,
         servers=list(args.server_address_port or []), max_concurrency=args.max_concurrency,
         num_per_shard=args.num_per_shard, max_tokens=args.max_tokens, temperature=args.temperature,
         top_p=args.top_p, system_prompt=args.system_prompt, num_samples=args.num_samples, resume=args.resume,

@@ -16,10 +16,9 @@ logger = logging.getLogger("specforge.serve")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, draft, engine and network flags."""
-    from specforge.modeling.loading import DEFAULT_TARGET
+    from specforge.flags import add_target_flag
 
-    parser.add_argument("--model-path", "--target-model-path", dest="model_path", default=DEFAULT_TARGET,
-                        help="target model (HF dir, hub id, or the offline default)")
+    add_target_flag(parser, ("--model-path", "--target-model-path"))
     parser.add_argument("--served-model-name", default=None, help="name /v1/models reports (default: --model-path)")
     parser.add_argument("--speculative-draft-model-path", default=None,
                         help="EAGLE-3 draft dir (checkpoint or export) or a shipped draft's name: decode through "
@@ -40,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from specforge.errors import SpecforgeError
+    from specforge.flags import target_from_args
     from specforge.regen.server import create_app
+
+    args.target_model_path = target_from_args(args)
 
     if not 0 < args.port < 65536:
         raise SpecforgeError(f"--port must be in 1..65535 (got {args.port}).")
@@ -53,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
         parse_spec_config(args.speculative_config)  # fail before loading models
         args.speculative_draft_model_path = resolve_draft(args.speculative_draft_model_path,
                                                           "--speculative-draft-model-path")
-        gen = SpeculativeGenerator.load(args.model_path, args.speculative_draft_model_path,
+        gen = SpeculativeGenerator.load(args.target_model_path, args.speculative_draft_model_path,
                                         args.speculative_config, device=args.device, dtype=args.dtype)
     else:
         from specforge.regen.embedded import EmbeddedGenerator
 
-        gen = EmbeddedGenerator.load(args.model_path, device=args.device, dtype=args.dtype,
+        gen = EmbeddedGenerator.load(args.target_model_path, device=args.device, dtype=args.dtype,
                                      batch_size=args.batch_size)
-    name = args.served_model_name or args.model_path
+    name = args.served_model_name or args.target_model_path
     app = create_app(gen, name)
     logger.info("serving %s on http://%s:%d/v1", name, args.host, args.port)
     try:

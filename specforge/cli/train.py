@@ -19,8 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run training; returns the process exit status."""
+    """Build the typed run configuration from the flags, then train; returns the process exit status."""
+    from specforge.flags import target_from_args
+    from specforge.train.config import TrainRunConfig
     from specforge.train.run import run_training
 
-    run_training(args)
+    args.target_model_path = target_from_args(args)
+    run_training(TrainRunConfig.from_namespace(args))
     return 0

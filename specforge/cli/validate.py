@@ -17,9 +17,11 @@ _STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``specforge validate``."""
+    from specforge.flags import add_target_flag
+
     parser.add_argument("directory", help="draft directory to check")
-    parser.add_argument("--target-model-path", default=None,
-                        help="target model: enables the target-consistency, embedding and τ > 1 decode checks")
+    add_target_flag(parser, optional=True,
+                    help="target model: enables the target-consistency, embedding and τ > 1 decode checks")
     parser.add_argument("--layout", default="auto",
                         choices=("auto", "checkpoint", "hf", "sglang", "vllm-eagle3", "vllm-speculators", "eagle3"),
                         help="layout to check against (auto: from specforge_export.json / the config)")
@@ -50,6 +52,9 @@ def print_report(report) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate and print; 0 when every check passed (warnings allowed), 1 otherwise."""
+    from specforge.flags import target_from_args
+
+    args.target_model_path = target_from_args(args)
     from specforge.export import validate_directory
     from specforge.modeling.loading import resolve_device
 

@@ -29,12 +29,13 @@ import torch
 from specforge.data.preprocess import NO_SPAN_WARNING, load_conversations, tokenize_conversations
 from specforge.data.template import ChatTemplate, get_renderer, template_identity
 from specforge.data.vocab import build_vocab_mapping, count_loss_tokens
+from specforge.eagle3.config import DEFAULT_DRAFT_VOCAB_CAP, default_draft_vocab_size
 from specforge.errors import SpecforgeError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: empty assistant replies are no longer supervised (their end-of-turn token was)
-DEFAULT_DRAFT_VOCAB_SIZE = 32000
+DEFAULT_DRAFT_VOCAB_SIZE = DEFAULT_DRAFT_VOCAB_CAP  # kept for callers of the old name
 VOCAB_FILE = "vocab_mapping.safetensors"
 META_FILE = "meta.json"
 
@@ -78,7 +79,7 @@ def _read_draft_config(draft_model_config) -> dict:
 
 def resolve_draft_vocab_size(target_vocab_size: int, draft_model_config=None, override: int | None = None) -> int:
     """The draft vocab size: ``override``, else the draft config's ``draft_vocab_size``, else
-    ``min(32000, V)``. A draft config made for another target (``vocab_size != V``) or a draft vocab
+    :func:`specforge.eagle3.config.default_draft_vocab_size`. A draft config made for another target (``vocab_size != V``) or a draft vocab
     larger than the target's is rejected."""
     cfg = _read_draft_config(draft_model_config)
     where = f"draft config {draft_model_config}" if isinstance(draft_model_config, (str, os.PathLike)) else "draft config"
@@ -89,7 +90,7 @@ def resolve_draft_vocab_size(target_vocab_size: int, draft_model_config=None, ov
         )
     size = override if override is not None else cfg.get("draft_vocab_size")
     if size is None:
-        return min(DEFAULT_DRAFT_VOCAB_SIZE, target_vocab_size)
+        return default_draft_vocab_size(target_vocab_size)
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise SpecforgeError(f"draft vocab size must be a positive integer, got {size!r}.")
     if size > target_vocab_size:
@@ -228,7 +229,7 @@ def build_eagle3_dataset_cache(
         cache_dir: parent directory of the hashed cache directories.
         chat_template: ``"auto"`` (the tokenizer's own template), a registered name, or a ChatTemplate.
         max_length: rows are truncated to this many tokens.
-        draft_vocab_size: overrides the draft config's ``draft_vocab_size`` (default ``min(32000, V)``).
+        draft_vocab_size: overrides the draft config's ``draft_vocab_size`` (default: :func:`specforge.eagle3.config.default_draft_vocab_size`).
         draft_model_config: path to (or dict of) the draft config JSON; checked against the target vocab.
         num_proc: worker processes for tokenisation.
         tokenizer: an already loaded target tokenizer (else loaded from ``target_model_path``).

@@ -200,7 +200,7 @@ def _check_aux_ids(cfg: dict, layout: str, manifest: dict | None, target) -> Che
             return Check(name, FAIL, f"ids select hidden_states {ours}, out of range 1..{L - 1} for the "
                          f"{L}-layer target", "was the draft trained for another target?")
     if ours is None:
-        return Check(name, PASS, "defaults [2, L//2, L-3] (omitted: same meaning in every engine)")
+        return Check(name, PASS, "defaults (omitted: same meaning in every engine)")
     if plain and sg and not top:
         msg = (f"eagle_config ids {list(sg)} only: right for SGLang, but vLLM falls back to them as inputs "
                "of layers (off by one)")
@@ -290,7 +290,7 @@ def _check_loads(source) -> Check:
         return Check("loads in specforge", FAIL, str(e), _REEXPORT)
     except ImportError as e:
         return Check("loads in specforge", SKIP, f"skipped: draft model class unavailable ({e})")
-    return Check("loads in specforge", PASS, "strict load into LlamaForCausalLMEagle3")
+    return Check("loads in specforge", PASS, f"strict load into {source.config.get('architectures', [spec.ARCH])[0]}")
 
 
 def validate_directory(directory: str | os.PathLike, target_model_path: str | None = None,

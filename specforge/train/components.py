@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from specforge.errors import SpecforgeError
+
+if TYPE_CHECKING:
+    from specforge.train.config import TrainRunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +44,11 @@ def resolve_train_dtype(name: str | None, device: str):
     return torch.bfloat16 if str(device) == "cpu" and precision.cpu_has_fast_bf16() else torch.float32
 
 
-def build_draft_config(args, target_config):
+def build_draft_config(args: "TrainRunConfig", target_config):
     """Draft config from ``--draft-model-config`` (``architectures[0]`` picks the class) or derived from
     the target; ``--draft-vocab-size`` overrides; then checked against the target."""
-    from specforge.modeling.auto import AutoDraftModelConfig, check_draft_target_compat, derive_draft_config
+    from specforge.eagle3.auto import AutoDraftModelConfig, check_draft_target_compat, derive_draft_config
+    from specforge.eagle3.config import default_draft_vocab_size
 
     if args.draft_model_config:
         cfg = AutoDraftModelConfig.from_file(args.draft_model_config)
@@ -53,14 +57,14 @@ def build_draft_config(args, target_config):
                         getattr(cfg, "draft_vocab_size", None), args.draft_model_config)
             cfg.draft_vocab_size = args.draft_vocab_size
         if getattr(cfg, "draft_vocab_size", None) is None:
-            cfg.draft_vocab_size = min(32000, cfg.vocab_size)
+            cfg.draft_vocab_size = default_draft_vocab_size(cfg.vocab_size)
     else:
         cfg = derive_draft_config(target_config, args.draft_vocab_size)
     check_draft_target_compat(cfg, target_config)
     return cfg
 
 
-def build_cache(args, target_path: str, draft_config, tokenizer):
+def build_cache(args: "TrainRunConfig", target_path: str, draft_config, tokenizer):
     """The dataset cache of ``--train-data-path``/``--eval-data-path`` (built, or found by its hash)."""
     from specforge.data.cache import build_eagle3_dataset_cache
 

@@ -7,25 +7,24 @@ the (possibly long) dataset tokenisation.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from pathlib import Path
 
 from specforge.errors import SpecforgeError
-from specforge.train.args import validate_args
+from specforge.train.config import TrainRunConfig
 
 logger = logging.getLogger(__name__)
 
 
-def _check_files(args: argparse.Namespace) -> None:
+def _check_files(args: TrainRunConfig) -> None:
     for flag, path in (("--train-data-path", args.train_data_path), ("--eval-data-path", args.eval_data_path),
                        ("--draft-model-config", args.draft_model_config)):
         if path and not os.path.isfile(path):
             raise SpecforgeError(f"{flag} {path}: file not found; check the path.")
 
 
-def _check_tp(args: argparse.Namespace, world_size: int, target_config) -> None:
+def _check_tp(args: TrainRunConfig, world_size: int, target_config) -> None:
     """``--tp-size`` must divide the torchrun world size and the target's heads, and name a registered
     TP target class (one clear line each, before any process group or model exists)."""
     if args.tp_size == 1:
@@ -47,7 +46,7 @@ def _check_tp(args: argparse.Namespace, world_size: int, target_config) -> None:
     check_tp_size(args.tp_size, world_size)
 
 
-def _apply_mem_frac(args: argparse.Namespace, device: str) -> None:
+def _apply_mem_frac(args: TrainRunConfig, device: str) -> None:
     if args.mem_frac is None:
         return
     import torch
@@ -59,8 +58,8 @@ def _apply_mem_frac(args: argparse.Namespace, device: str) -> None:
         logger.info("--mem-frac %.2f applies to CUDA memory only; ignored on %s", args.mem_frac, device)
 
 
-def run_training(args: argparse.Namespace):
-    """Build everything from ``args`` and train; returns the last checkpoint path (or None)."""
+def run_training(args: TrainRunConfig):
+    """Build everything from the run configuration and train; returns the last checkpoint path (or None)."""
     import torch
 
     from specforge.modeling.loading import (DEFAULT_TARGET, load_config, load_target_model, load_tokenizer,
@@ -73,7 +72,6 @@ def run_training(args: argparse.Namespace):
     from specforge.train.trackers import build_tracker, check_tracker_available
     from specforge.train.trainer import TrainConfig, Trainer
 
-    validate_args(args)
     _check_files(args)
     resolve_attention_backend(args.draft_attention_backend)  # fail fast on an unknown name
     check_tracker_available(args.report_to)
@@ -81,7 +79,7 @@ def run_training(args: argparse.Namespace):
 
     guard_output_dir(args.output_dir, args.resume, args.overwrite, dist.env_world().is_main)
     resume_dir = resolve_resume_dir(args.resume, args.output_dir) if args.resume else None
-    target_path = args.target_model_path or args.model_path or DEFAULT_TARGET
+    target_path = args.target_model_path or DEFAULT_TARGET
     world = dist.env_world()
     target_config = load_config(target_path)
     _check_tp(args, world.world_size, target_config)

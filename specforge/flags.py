@@ -1,0 +1,45 @@
+"""Flags shared by every command line (the ``specforge`` commands and the standalone tools): one definition
+of the target model flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+from specforge.errors import SpecforgeError
+
+TARGET_DEST = "target_model_path"
+_GIVEN = "_target_flags_given"
+
+
+class _TargetFlag(argparse.Action):
+    """Stores the target; remembers which spelling gave which value so that two different ones are refused."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: str | None = None):
+        given = dict(getattr(namespace, _GIVEN, None) or {})
+        given[option_string or self.dest] = values
+        setattr(namespace, _GIVEN, given)
+        setattr(namespace, self.dest, values)
+
+
+def add_target_flag(parser: Any, names: Sequence[str] = ("--target-model-path", "--model-path"),
+                    optional: bool = False, help: str | None = None) -> None:
+    """Add the target model flag under every seed spelling in ``names`` (dest ``target_model_path``).
+
+    ``optional``: no default, the command runs without a target (export, validate); otherwise the default is
+    the offline default model."""
+    from specforge.modeling.loading import DEFAULT_TARGET
+
+    text = help or "target model: local HF directory, repo id, or the offline default / alias smollm2-135m"
+    parser.add_argument(*names, dest=TARGET_DEST, action=_TargetFlag, default=None if optional else DEFAULT_TARGET,
+                        help=text + (f" (also {', '.join(names[1:])})" if len(names) > 1 else ""))
+
+
+def target_from_args(ns: argparse.Namespace) -> str | None:
+    """The target the flags name; two spellings with different values are one clear error."""
+    given = getattr(ns, _GIVEN, None) or {}
+    if len(set(given.values())) > 1:
+        parts = ", ".join(f"{k} ({v})" for k, v in given.items())
+        raise SpecforgeError(f"{parts} name different targets; they are one flag, pass one of them.")
+    return getattr(ns, TARGET_DEST)
