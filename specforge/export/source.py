@@ -60,7 +60,7 @@ def source_from_dict(config: dict, tensors: dict, layout: str = "checkpoint", pa
     flat = spec.flatten_config(config, layout)
     ids = spec.specforge_aux_ids(config, layout)
     tensors = spec.rename_layer(tensors, spec.layer_prefix(layout), "midlayer.")
-    if layout in ("eagle3", "checkpoint", "hf"):  # accept recent-SGLang style names in unknown dirs
+    if spec.LAYOUT_INFO[layout].loose_names:  # accept recent-SGLang style names in unknown dirs
         tensors = spec.rename_layer(tensors, "layers.0.", "midlayer.")
     dropped = [k for k in tensors if k in spec.EMBED_KEYS]
     tensors = {k: v for k, v in tensors.items() if k not in spec.EMBED_KEYS}

@@ -9,6 +9,7 @@ section 4.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,32 @@ from specforge.errors import SpecforgeError
 
 MANIFEST = "specforge_export.json"
 # layouts: specforge's own (checkpoint / --to hf), SGLang + vLLM plain EAGLE-3 (same file set), speculators
-LAYOUTS = ("checkpoint", "hf", "sglang", "vllm-eagle3", "vllm-speculators", "eagle3")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one directory layout names and configures a draft (a registry entry: no branching on names).
+
+    ``layer_prefix``: name of the first decoder layer's tensors; ``speculators``: the config nests the layer in
+    ``transformer_layer_config`` and carries only vLLM's aux-id field; ``engine``: the serving engine it is for
+    (None = specforge's own); ``loose_names``: a directory of unknown origin, recent-SGLang ``layers.0.``
+    names accepted."""
+
+    layer_prefix: str = "midlayer."
+    speculators: bool = False
+    engine: str | None = None
+    loose_names: bool = False
+
+
+LAYOUT_INFO: dict[str, Layout] = {
+    "checkpoint": Layout(loose_names=True),
+    "hf": Layout(loose_names=True),
+    "sglang": Layout(engine="sglang"),
+    "vllm-eagle3": Layout(engine="vllm"),
+    "vllm-speculators": Layout("layers.0.", speculators=True, engine="vllm"),
+    "eagle3": Layout(loose_names=True),
+}
+LAYOUTS = tuple(LAYOUT_INFO)
 
 #: fields a speculators config holds at its top level, outside ``transformer_layer_config``
 SPECULATORS_TOP_FIELDS = ("draft_vocab_size", "target_hidden_size", "norm_before_residual", *OPTION_FIELDS)
@@ -36,7 +62,7 @@ EMBED_KEYS = ("embed_tokens.weight", "model.embed_tokens.weight")
 
 def layer_prefix(layout: str) -> str:
     """Name prefix of the decoder layer's tensors in a layout (speculators names it ``layers.0.``)."""
-    return "layers.0." if layout == "vllm-speculators" else "midlayer."
+    return LAYOUT_INFO[layout].layer_prefix
 
 
 def draft_dims(flat: dict[str, Any], speculators: bool = False) -> Eagle3Config:
@@ -95,7 +121,7 @@ def detect_layout(directory: Path, cfg: dict) -> str:
 
 def flatten_config(cfg: dict, layout: str) -> dict:
     """The draft's model fields as one flat dict (speculators nests them in ``transformer_layer_config``)."""
-    if layout != "vllm-speculators":
+    if not LAYOUT_INFO[layout].speculators:
         return dict(cfg)
     flat = dict(cfg.get("transformer_layer_config") or {})
     flat["architectures"] = [ARCH]  # the layer config names the verifier's class; the draft is the EAGLE-3 one
@@ -108,7 +134,7 @@ def flatten_config(cfg: dict, layout: str) -> dict:
 def specforge_aux_ids(cfg: dict, layout: str) -> list[int] | None:
     """The aux layer ids of a draft config as HF ``hidden_states`` indices (None = defaults); see
     :func:`specforge.eagle3.config.aux_ids_from_config`."""
-    return aux_ids_from_config(cfg, speculators=layout == "vllm-speculators")
+    return aux_ids_from_config(cfg, speculators=LAYOUT_INFO[layout].speculators)
 
 
 def weight_files(directory: Path) -> list[Path]:

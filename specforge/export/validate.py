@@ -30,7 +30,8 @@ def _fmt(shape) -> str:
 
 def _check_config(cfg: dict, flat: dict, layout: str) -> list[Check]:
     out = []
-    if layout == "vllm-speculators":
+    info = spec.LAYOUT_INFO[layout]
+    if info.speculators:
         ok = cfg.get("speculators_model_type") == "eagle3" and isinstance(cfg.get("transformer_layer_config"), dict)
         sc = cfg.get("speculators_config") or {}
         verifier = (sc.get("verifier") or {}).get("name_or_path")
@@ -52,10 +53,10 @@ def _check_config(cfg: dict, flat: dict, layout: str) -> list[Check]:
         out.append(Check("config", PASS, f"architectures {cfg['architectures']}"))
     layers = flat.get("num_hidden_layers") or 1
     if layers != 1:
-        support = ENGINE_SUPPORT["sglang"].multi_layer if layout == "sglang" else ""
+        support = ENGINE_SUPPORT[info.engine].multi_layer if info.engine else ""
         out.append(Check("num_hidden_layers", WARN if support else PASS, f"{layers} decoder layers"
                          + (f": {support}" if support else " (vLLM and specforge load them)"),
-                         "serve it with vLLM or a SGLang release that loads multi-layer drafts" if support else ""))
+                         "serve it with an engine release that loads multi-layer drafts" if support else ""))
     if flat.get("tie_word_embeddings"):
         out.append(Check("tie_word_embeddings", FAIL, "tie_word_embeddings=true: SGLang replaces lm_head by the "
                          "embedding and ignores the trained head", "set tie_word_embeddings to false"))
@@ -161,9 +162,10 @@ def _check_vocab_map(tensors: dict, dims: spec.Eagle3Config) -> list[Check]:
 
 
 def _check_norm(cfg: dict, flat: dict, layout: str) -> Check:
-    where = cfg if layout == "vllm-speculators" else flat
+    info = spec.LAYOUT_INFO[layout]
+    where = cfg if info.speculators else flat
     if "norm_before_residual" not in where:
-        if layout.startswith("vllm"):
+        if info.engine == "vllm":
             return Check("norm_before_residual", FAIL, "norm_before_residual absent: vLLM's speculators path "
                          "then assumes true, but this draft adds the residual before hidden_norm",
                          "write \"norm_before_residual\": false in config.json")
@@ -179,7 +181,8 @@ def _check_aux_ids(cfg: dict, layout: str, manifest: dict | None, target) -> Che
     name = "aux layer ids"
     top = cfg.get("eagle_aux_hidden_state_layer_ids")
     sg = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
-    plain = layout != "vllm-speculators"
+    info = spec.LAYOUT_INFO[layout]
+    plain = not info.speculators
     ours = spec.specforge_aux_ids(cfg, layout)
     if plain and top and sg and list(top) != spec.from_sglang_ids(list(sg)):
         return Check(name, FAIL, f"eagle_config ids {list(sg)} (SGLang: output of layer i) and top-level ids "
@@ -205,9 +208,9 @@ def _check_aux_ids(cfg: dict, layout: str, manifest: dict | None, target) -> Che
         msg = (f"eagle_config ids {list(sg)} only: right for SGLang, but vLLM falls back to them as inputs "
                "of layers (off by one)")
         fix = f"add top-level eagle_aux_hidden_state_layer_ids {ours} (specforge export does)"
-        return Check(name, FAIL if layout == "vllm-eagle3" else WARN, msg, fix)
+        return Check(name, FAIL if info.engine == "vllm" else WARN, msg, fix)
     if plain and top and not sg:
-        return Check(name, FAIL if layout == "sglang" else WARN, f"top-level ids {list(top)} only: SGLang reads "
+        return Check(name, FAIL if info.engine == "sglang" else WARN, f"top-level ids {list(top)} only: SGLang reads "
                      "eagle_config and would capture its default layers", f"add eagle_config ids {[i - 1 for i in top]}")
     return Check(name, PASS, f"hidden_states {ours}, written in each engine's convention")
 
@@ -248,7 +251,7 @@ def check_draft(config: dict, tensors: dict, layout: str = "eagle3", manifest: d
                      f"hd={dims.head_dim} I={dims.intermediate_size} V={dims.vocab_size} "
                      f"Vd={dims.draft_vocab_size} Ht={dims.target_hidden_size}"))
     prefix = spec.layer_prefix(layout)
-    if layout in ("eagle3", "checkpoint", "hf") and not any(k.startswith("midlayer.") for k in tensors) \
+    if spec.LAYOUT_INFO[layout].loose_names and not any(k.startswith("midlayer.") for k in tensors) \
             and any(k.startswith("layers.0.") for k in tensors):
         prefix = "layers.0."
     out += _check_tensors(tensors, flat, prefix)

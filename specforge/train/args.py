@@ -11,8 +11,9 @@ import argparse
 from specforge.eagle3.config import DEFAULT_DRAFT_VOCAB_CAP
 from specforge.flags import add_target_flag
 from specforge.train.config import TrainRunConfig
+from specforge.train.trackers import TRACKERS
 
-REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+REPORT_TO = ("none", *TRACKERS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from specforge.errors import SpecforgeError
 from specforge.fileio import atomic_open
@@ -94,7 +94,7 @@ class Tracker:
 class TensorBoardTracker(Tracker):
     """Scalars to ``OUTPUT_DIR/runs`` via ``torch.utils.tensorboard``."""
 
-    def __init__(self, output_dir: str | Path, config: dict):
+    def __init__(self, output_dir: str | Path, config: dict, project: str | None = None, name: str | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -170,6 +170,11 @@ def check_tracker_available(report_to: str) -> None:
                              "(or use --report-to tensorboard|none).") from None
 
 
+#: ``--report-to`` name -> tracker class (each built as ``cls(output_dir, config, project, name)``)
+TRACKERS: dict[str, Callable[..., Tracker]] = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker,
+                                      "mlflow": MlflowTracker}
+
+
 def build_tracker(report_to: str, output_dir: str | Path, config: dict[str, Any],
                   project: str | None = None, name: str | None = None) -> Tracker:
     """Tracker for ``--report-to none|tensorboard|wandb|mlflow`` (optional packages checked here)."""
@@ -177,13 +182,9 @@ def build_tracker(report_to: str, output_dir: str | Path, config: dict[str, Any]
         if project or name:
             logger.info("--wandb-project/--wandb-name are used only with --report-to wandb|mlflow")
         return Tracker()
-    if report_to == "tensorboard":
-        return TensorBoardTracker(output_dir, config)
-    if report_to == "wandb":
-        return WandbTracker(output_dir, config, project, name)
-    if report_to == "mlflow":
-        return MlflowTracker(output_dir, config, project, name)
-    raise SpecforgeError(f"unknown --report-to '{report_to}'; use one of none, tensorboard, wandb, mlflow.")
+    if report_to not in TRACKERS:
+        raise SpecforgeError(f"unknown --report-to '{report_to}'; use one of none, {', '.join(TRACKERS)}.")
+    return TRACKERS[report_to](output_dir, config, project, name)
 
 
 def log_all(trackers: Iterable, record: dict) -> None:
