@@ -16,8 +16,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from specforge.errors import SpecforgeError
 
@@ -134,9 +135,8 @@ def _disk_full(directory: Path) -> bool:
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temp file for writing; it replaces ``path`` only if the block finishes without error."""
-    with atomic_path(path) as tmp:
-        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+        yield f
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -5,7 +5,8 @@ of the target model flag.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from specforge.errors import SpecforgeError
 

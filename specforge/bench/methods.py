@@ -10,11 +10,16 @@ only in transformers, so they always run one prompt at a time.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from specforge.inference.decoder import DecodeStats, SpecConfig, SpeculativeDecoder, _sync
+from specforge.inference.decoder import (
+    DecodeStats,
+    SpecConfig,
+    SpeculativeDecoder,
+    _sync,
+)
 from specforge.inference.drafters import Drafter
 
 

@@ -38,7 +38,12 @@ def measure(model_path: str, benchmark: str, max_new_tokens: int, chains: list[i
             repeats: int) -> dict:
     """Run vanilla (HF and built-in, steps 0) and oracle chains; return timings and ideal vs measured."""
     from specforge.modeling.auto import AutoEagle3DraftModel, derive_draft_config
-    from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device, resolve_dtype
+    from specforge.modeling.loading import (
+        load_target_model,
+        load_tokenizer,
+        resolve_device,
+        resolve_dtype,
+    )
     from specforge.modeling.target import aux_layer_ids
 
     device = resolve_device(device)
@@ -65,7 +70,7 @@ def measure(model_path: str, benchmark: str, max_new_tokens: int, chains: list[i
     hf.generate(prompts[:1])  # warm-up
     hf.max_new_tokens = max_new_tokens
     refs = [hf.generate([p])[0][0] for p in prompts]
-    base_cfg = dict(temperature=0.0, max_new_tokens=max_new_tokens, eos_token_ids=tuple(sorted(eos)))
+    base_cfg = {"temperature": 0.0, "max_new_tokens": max_new_tokens, "eos_token_ids": tuple(sorted(eos))}
     for _ in range(repeats):  # interleave the methods so machine-load drift hits all of them alike
         for p, ref in zip(prompts, refs):
             outs, st = hf.generate([p])
@@ -75,10 +80,10 @@ def measure(model_path: str, benchmark: str, max_new_tokens: int, chains: list[i
             for k in chains:
                 cfg = SpecConfig(k, 1, k + 1, **base_cfg)
                 full = [p + ref]
-                outs, st = _run(target, lambda: OracleDrafter(full, target.config.vocab_size), cfg, [p], None)
+                outs, st = _run(target, lambda full=full: OracleDrafter(full, target.config.vocab_size), cfg, [p], None)
                 assert outs[0] == ref, "oracle decoding diverged from greedy"
                 add(f"oracle k={k}", st)
-                outs, st = _run(target, lambda: ShadowDrafter(OracleDrafter(full, target.config.vocab_size),
+                outs, st = _run(target, lambda full=full: ShadowDrafter(OracleDrafter(full, target.config.vocab_size),
                                                               Eagle3Drafter(draft)), cfg, [p], aux)
                 add(f"oracle+draft k={k}", st)
 
@@ -99,7 +104,7 @@ def measure(model_path: str, benchmark: str, max_new_tokens: int, chains: list[i
               "hf_vanilla_tok_s": tot("hf_vanilla", "new_tokens") / hf_wall,
               "engine_steps0_tok_s": tot("engine_steps0", "new_tokens") / tot("engine_steps0", "wall_s"),
               "rows": []}
-    for name in rows:
+    for name in rows:  # noqa: PLC0206  (tot() reads rows[name] itself)
         if not name.startswith("oracle"):
             continue
         calls = tot(name, "verify_calls")
@@ -125,12 +130,12 @@ def measure(model_path: str, benchmark: str, max_new_tokens: int, chains: list[i
 def to_markdown(res: dict) -> str:
     """The result as a markdown table."""
     lines = [
-        f"t_target (one decode forward) = {1000 * res['t_target_s']:.1f} ms; built-in steps 0 decode "
-        f"{1000 * res['engine_steps0_decode_s_per_token']:.1f} ms/token; end to end: HF generate "
-        f"{res['hf_vanilla_tok_s']:.1f} tok/s, built-in steps 0 {res['engine_steps0_tok_s']:.1f} tok/s",
+        (f"t_target (one decode forward) = {1000 * res['t_target_s']:.1f} ms; built-in steps 0 decode "
+         f"{1000 * res['engine_steps0_decode_s_per_token']:.1f} ms/token; end to end: HF generate "
+         f"{res['hf_vanilla_tok_s']:.1f} tok/s, built-in steps 0 {res['engine_steps0_tok_s']:.1f} tok/s"),
         "",
-        "| method | τ (emitted/verification) | t_verify ms | k·t_draft ms | ideal | measured decode speed-up "
-        "| fraction of ideal | overhead ms/step | wall speed-up vs HF generate | tok/s |",
+        ("| method | τ (emitted/verification) | t_verify ms | k·t_draft ms | ideal | measured decode speed-up "
+         "| fraction of ideal | overhead ms/step | wall speed-up vs HF generate | tok/s |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:

@@ -203,7 +203,11 @@ def step_times(st: DecodeStats, vanilla: DecodeStats, batch_size: int, engine: b
 def run_bench(opts: BenchOptions) -> list[dict]:
     """Run every benchmark x method; returns the records (also written to ``opts.output``)."""
     from specforge.inference.precision import decode_dtype
-    from specforge.modeling.loading import load_target_model, load_tokenizer, resolve_device
+    from specforge.modeling.loading import (
+        load_target_model,
+        load_tokenizer,
+        resolve_device,
+    )
 
     for spec in opts.benchmarks:
         parse_benchmark(spec)  # fail fast on a typo, before loading models

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from specforge.errors import SpecforgeError
-from specforge.logs import setup_logging  # noqa: F401  (re-exported: scripts and tests call it from here)
+from specforge.logs import setup_logging
 
 # command name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {

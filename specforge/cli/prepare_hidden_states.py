@@ -43,10 +43,19 @@ def run(args: argparse.Namespace) -> int:
     from specforge.data.hidden_states import prepare_hidden_states
     from specforge.errors import SpecforgeError
     from specforge.flags import target_from_args
-    from specforge.modeling.loading import (DEFAULT_TARGET, load_config, load_target_model, load_tokenizer,
-                                            resolve_device)
+    from specforge.modeling.loading import (
+        DEFAULT_TARGET,
+        load_config,
+        load_target_model,
+        load_tokenizer,
+        resolve_device,
+    )
     from specforge.modeling.target import HFEagle3TargetModel
-    from specforge.train.components import build_cache, build_draft_config, resolve_train_dtype
+    from specforge.train.components import (
+        build_cache,
+        build_draft_config,
+        resolve_train_dtype,
+    )
 
     for flag, path in (("--train-data-path", args.train_data_path), ("--eval-data-path", args.eval_data_path),
                        ("--draft-model-config", args.draft_model_config)):

@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     args.target_model_path = target_from_args(args)
     from specforge.export import validate_directory
     from specforge.modeling.loading import resolve_device
-
     from specforge.shipped_drafts import resolve_draft
 
     args.directory = resolve_draft(args.directory, "directory")  # a path, or a shipped draft's name

@@ -26,7 +26,11 @@ from typing import Any
 
 import torch
 
-from specforge.data.preprocess import NO_SPAN_WARNING, load_conversations, tokenize_conversations
+from specforge.data.preprocess import (
+    NO_SPAN_WARNING,
+    load_conversations,
+    tokenize_conversations,
+)
 from specforge.data.template import ChatTemplate, get_renderer, template_identity
 from specforge.data.vocab import build_vocab_mapping, count_loss_tokens
 from specforge.eagle3.config import DEFAULT_DRAFT_VOCAB_CAP, default_draft_vocab_size
@@ -304,6 +308,10 @@ def build_eagle3_dataset_cache(
 
 
 __all__ = [
-    "CacheResult", "build_eagle3_dataset_cache", "load_cache", "resolve_draft_vocab_size",
-    "DEFAULT_DRAFT_VOCAB_SIZE", "FORMAT_VERSION",
+    "DEFAULT_DRAFT_VOCAB_SIZE",
+    "FORMAT_VERSION",
+    "CacheResult",
+    "build_eagle3_dataset_cache",
+    "load_cache",
+    "resolve_draft_vocab_size",
 ]

@@ -17,6 +17,7 @@ leaves only whole shards, and re-running the same command skips them. No pickle 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -141,7 +142,7 @@ class HiddenStateRows:
             f = safe_open(str(path), framework="pt")
             off = f.get_tensor("offsets").tolist()
             self._files.append(f)
-            self._rows += [(s, a, b) for a, b in zip(off[:-1], off[1:])]
+            self._rows += [(s, a, b) for a, b in itertools.pairwise(off)]
         if len(self._rows) != info["rows"]:
             raise SpecforgeError(f"{self.root}: {len(self._rows)} {split} rows in the shards but meta.json says "
                                  f"{info['rows']}; re-run prepare-hidden-states into a new --output-dir.")

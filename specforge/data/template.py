@@ -22,8 +22,9 @@ Tokenisation and masks live in :mod:`specforge.data.preprocess`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from specforge.errors import SpecforgeError
 

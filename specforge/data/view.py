@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def mask_runs(input_ids: Sequence[int], loss_mask: Sequence[int]) -> list[tuple[int, list[int]]]:

@@ -20,7 +20,7 @@ where torch 2.13 has no flex backward, it falls back to ``sdpa`` and logs why on
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +85,7 @@ class EagerAttention:
     """Reference backend: builds the full masked ``[B,NH,L,L*(i+1)]`` score matrix."""
 
     def __call__(self, q, keys, values, attention_mask, scale):
-        B, NH, L, D = q.shape
+        _, NH, L, _ = q.shape
         n_rep = NH // keys[0].shape[1]
         K = _repeat_kv(torch.cat(keys, dim=2), n_rep)  # [B,NH,L*(i+1),D]
         V = _repeat_kv(torch.cat(values, dim=2), n_rep)
@@ -216,7 +216,7 @@ class FlexAttention:
 
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention)
-        B, NH, L, D = q.shape
+        B, _, L, _ = q.shape
         valid = (attention_mask.bool() if attention_mask is not None
                  else torch.ones(B, L, dtype=torch.bool, device=q.device))
 

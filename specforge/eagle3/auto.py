@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import LlamaConfig
 
@@ -27,7 +27,7 @@ class AutoEagle3DraftModel(ClassByConfig):
     """Draft models by config class; the class named by ``architectures[0]`` wins among candidates."""
 
     # the model mapping is a plain registry: add entries for custom drafts
-    _model_mapping: dict = {LlamaConfig: [LlamaForCausalLMEagle3]}
+    _model_mapping: ClassVar[dict] = {LlamaConfig: [LlamaForCausalLMEagle3]}
     _kind = "EAGLE-3 draft model"
 
     @classmethod
@@ -53,7 +53,7 @@ class AutoEagle3DraftModel(ClassByConfig):
 class AutoDraftModelConfig:
     """Draft configs keyed by ``architectures[0]`` of a config.json."""
 
-    _config_mapping: dict[str, Any] = {ARCH: LlamaConfig}
+    _config_mapping: ClassVar[dict[str, Any]] = {ARCH: LlamaConfig}
 
     @classmethod
     def config_class(cls, data: dict, source: str = "draft config"):

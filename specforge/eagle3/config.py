@@ -198,7 +198,7 @@ class Eagle3Config:
                 raise SpecforgeError(f"{src}: {len(self.aux_layer_ids)} aux layer ids; EAGLE-3 reads exactly 3.")
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "draft config", speculators: bool = False) -> "Eagle3Config":
+    def from_dict(cls, data: dict, source: str = "draft config", speculators: bool = False) -> Eagle3Config:
         """The typed view of a flat draft config dict; one clear line for a missing or invalid field."""
         missing = [k for k in _REQUIRED_INTS if data.get(k) is None]
         if missing:
@@ -213,7 +213,7 @@ class Eagle3Config:
                    source=source)
 
     @classmethod
-    def of(cls, config: Any) -> "Eagle3Config":
+    def of(cls, config: Any) -> Eagle3Config:
         """The typed view of an in-memory draft config (``PretrainedConfig`` or dict)."""
         return cls.from_dict(config_dict(config))
 
@@ -263,7 +263,7 @@ def derive_draft_fields(target_config: Any, draft_vocab_size: int | None = None)
     if not 0 < Vd <= V:
         raise SpecforgeError(f"draft_vocab_size {Vd} must be in 1..{V} (the target vocab size).")
     H = t.hidden_size
-    kw: dict[str, Any] = dict(
+    kw: dict[str, Any] = dict(  # noqa: C408  (keyword form mirrors the config fields)
         architectures=[ARCH], hidden_size=H, num_attention_heads=t.num_attention_heads,
         num_key_value_heads=getattr(t, "num_key_value_heads", None) or t.num_attention_heads,
         head_dim=getattr(t, "head_dim", None) or H // t.num_attention_heads,

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from specforge.errors import SpecforgeError
 from specforge.eagle3.attention import get_attention_backend
 from specforge.eagle3.base import Eagle3DraftModel
+from specforge.errors import SpecforgeError
 
 # rows per chunk = this / Vd: 16 MB fp32 per [rows,Vd] buffer. Below glibc's 32 MB mmap ceiling, so
 # freed buffers are reused from the heap instead of being page-faulted in again for every chunk.

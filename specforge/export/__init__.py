@@ -13,11 +13,11 @@ Public API (``specforge export`` / ``specforge validate`` are thin CLIs over it)
 
 from __future__ import annotations
 
-from specforge.export.formats import EXPORTERS, layout_name, register_exporter  # noqa: F401
-from specforge.export.gguf import check_gguf, export_gguf  # noqa: F401  (registers the 'gguf' layout)
-from specforge.export.roundtrip import load_draft  # noqa: F401
-from specforge.export.report import Check, Report  # noqa: F401
-from specforge.export.source import (  # noqa: F401
+from specforge.export.formats import EXPORTERS, layout_name, register_exporter
+from specforge.export.gguf import check_gguf, export_gguf
+from specforge.export.report import Check, Report
+from specforge.export.roundtrip import load_draft
+from specforge.export.source import (
     DraftSource,
     ExportOptions,
     ExportPlan,
@@ -26,11 +26,26 @@ from specforge.export.source import (  # noqa: F401
     source_from_dict,
     target_info,
 )
-from specforge.export.validate import check_draft, validate_directory  # noqa: F401
-from specforge.export.write import export_draft  # noqa: F401
+from specforge.export.validate import check_draft, validate_directory
+from specforge.export.write import export_draft
 
 __all__ = [
-    "EXPORTERS", "Check", "check_gguf", "export_gguf", "DraftSource", "ExportOptions", "ExportPlan", "Report", "TargetInfo", "check_draft",
-    "export_draft", "layout_name", "load_draft", "load_source", "register_exporter", "source_from_dict",
-    "target_info", "validate_directory",
+    "EXPORTERS",
+    "Check",
+    "DraftSource",
+    "ExportOptions",
+    "ExportPlan",
+    "Report",
+    "TargetInfo",
+    "check_draft",
+    "check_gguf",
+    "export_draft",
+    "export_gguf",
+    "layout_name",
+    "load_draft",
+    "load_source",
+    "register_exporter",
+    "source_from_dict",
+    "target_info",
+    "validate_directory",
 ]

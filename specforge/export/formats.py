@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from specforge.errors import SpecforgeError
 from specforge.export import spec

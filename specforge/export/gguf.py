@@ -31,8 +31,14 @@ from typing import Any
 from specforge.errors import SpecforgeError
 from specforge.export import spec
 from specforge.export.formats import _rope, register_exporter
-from specforge.export.source import DraftSource, ExportOptions, ExportPlan, TargetInfo, load_source
 from specforge.export.gguf_header import read_header, read_tensor_int64
+from specforge.export.source import (
+    DraftSource,
+    ExportOptions,
+    ExportPlan,
+    TargetInfo,
+    load_source,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from specforge.eagle3.config import (  # noqa: F401  (re-exported: the exporters' vocabulary)
     ARCH,
-    SPECULATORS_ARCH,
     OPTION_FIELDS,
+    SPECULATORS_ARCH,
     Eagle3Config,
     aux_ids_from_config,
     default_aux_ids,

@@ -75,7 +75,7 @@ def check_tau(source, target_model, target_model_path: str | None, device: str =
     if target_model is None:
         return Check(name, SKIP, "skipped: no --target-model-path, τ not measured")
     try:
-        import specforge.inference.decoder  # noqa: F401
+        import specforge.inference.decoder
         import specforge.inference.drafters  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the decoder package being present
         return Check(name, SKIP, f"skipped: decoder unavailable ({e})")

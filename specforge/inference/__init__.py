@@ -6,9 +6,19 @@ Public API: :class:`SpeculativeDecoder`, :class:`SpecConfig`, :class:`DecodeStat
 """
 
 from specforge.inference.decoder import DecodeStats, SpecConfig, SpeculativeDecoder
-from specforge.inference.drafters import Drafter, Eagle3Drafter, OracleDrafter, RandomDrafter
+from specforge.inference.drafters import (
+    Drafter,
+    Eagle3Drafter,
+    OracleDrafter,
+    RandomDrafter,
+)
 from specforge.inference.sampling import recursive_rejection, verify_tree
-from specforge.inference.tree import DraftTree, ancestor_mask, select_tree, tree_position_ids
+from specforge.inference.tree import (
+    DraftTree,
+    ancestor_mask,
+    select_tree,
+    tree_position_ids,
+)
 
 __all__ = [
     "DecodeStats", "DraftTree", "Drafter", "Eagle3Drafter", "OracleDrafter", "RandomDrafter", "SpecConfig",

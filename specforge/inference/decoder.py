@@ -22,10 +22,20 @@ import torch
 
 from specforge.errors import SpecforgeError
 from specforge.inference.drafters import Drafter
-from specforge.modeling.compat import cache_kwargs
-from specforge.inference.kv import additive_mask, apply_slot_moves, slot_moves, step_mask
+from specforge.inference.kv import (
+    additive_mask,
+    apply_slot_moves,
+    slot_moves,
+    step_mask,
+)
 from specforge.inference.sampling import verify_tree
-from specforge.inference.tree import DraftTree, ancestor_mask, select_tree, tree_position_ids
+from specforge.inference.tree import (
+    DraftTree,
+    ancestor_mask,
+    select_tree,
+    tree_position_ids,
+)
+from specforge.modeling.compat import cache_kwargs
 
 
 @dataclass
@@ -100,7 +110,7 @@ class DecodeStats:
         """New tokens per wall-clock second (the whole batch, prefill included)."""
         return self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
-    def merge(self, other: "DecodeStats") -> None:
+    def merge(self, other: DecodeStats) -> None:
         """Add another run's counts and times (same config)."""
         self.num_steps = max(self.num_steps, other.num_steps)
         self.accept_lengths += other.accept_lengths

@@ -21,7 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from specforge.inference.kv import apply_slot_moves, contiguous_src, slot_moves, step_mask, valid_key_mask
+from specforge.inference.kv import (
+    apply_slot_moves,
+    contiguous_src,
+    slot_moves,
+    step_mask,
+    valid_key_mask,
+)
 
 
 class Drafter:
@@ -57,7 +63,7 @@ class _SequenceTracker(Drafter):
         self.seqs: list[dict[int, int]] = []
 
     def reset(self, batch_size: int) -> None:
-        self.seqs = [dict() for _ in range(batch_size)]
+        self.seqs = [{} for _ in range(batch_size)]
 
     def commit(self, tokens, aux, positions, valid) -> None:
         for b, (tok, pos, ok) in enumerate(zip(tokens.tolist(), positions.tolist(), valid.tolist())):

@@ -10,6 +10,8 @@ and a tensor-parallel target: ``AutoDistributedTargetModel._model_mapping[MyConf
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
 from specforge.eagle3.auto import (
@@ -20,7 +22,11 @@ from specforge.eagle3.auto import (
     derive_draft_config,
 )
 from specforge.eagle3.config import ARCH as DRAFT_ARCH
-from specforge.modeling.target.llama_tp import LlamaTPForCausalLM, Qwen2TPForCausalLM, Qwen3TPForCausalLM
+from specforge.modeling.target.llama_tp import (
+    LlamaTPForCausalLM,
+    Qwen2TPForCausalLM,
+    Qwen3TPForCausalLM,
+)
 from specforge.registry import ClassByConfig
 
 
@@ -31,7 +37,7 @@ class AutoDistributedTargetModel(ClassByConfig):
     ``tp_group`` and loads its shards (:func:`specforge.modeling.loading.load_tp_target`).
     """
 
-    _model_mapping: dict = {
+    _model_mapping: ClassVar[dict] = {
         LlamaConfig: [LlamaTPForCausalLM],
         Qwen2Config: [Qwen2TPForCausalLM],
         Qwen3Config: [Qwen3TPForCausalLM],

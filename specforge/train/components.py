@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -44,10 +45,14 @@ def resolve_train_dtype(name: str | None, device: str):
     return torch.bfloat16 if str(device) == "cpu" and precision.cpu_has_fast_bf16() else torch.float32
 
 
-def build_draft_config(args: "TrainRunConfig", target_config):
+def build_draft_config(args: TrainRunConfig, target_config):
     """Draft config from ``--draft-model-config`` (``architectures[0]`` picks the class) or derived from
     the target; ``--draft-vocab-size`` overrides; then checked against the target."""
-    from specforge.eagle3.auto import AutoDraftModelConfig, check_draft_target_compat, derive_draft_config
+    from specforge.eagle3.auto import (
+        AutoDraftModelConfig,
+        check_draft_target_compat,
+        derive_draft_config,
+    )
     from specforge.eagle3.config import default_draft_vocab_size
 
     if args.draft_model_config:
@@ -64,7 +69,7 @@ def build_draft_config(args: "TrainRunConfig", target_config):
     return cfg
 
 
-def build_cache(args: "TrainRunConfig", target_path: str, draft_config, tokenizer):
+def build_cache(args: TrainRunConfig, target_path: str, draft_config, tokenizer):
     """The dataset cache of ``--train-data-path``/``--eval-data-path`` (built, or found by its hash)."""
     from specforge.data.cache import build_eagle3_dataset_cache
 

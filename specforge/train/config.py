@@ -70,7 +70,7 @@ class TrainRunConfig:
         return {f.name: f.default for f in fields(cls)}
 
     @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> "TrainRunConfig":
+    def from_namespace(cls, ns: argparse.Namespace) -> TrainRunConfig:
         """The CLI edge: keep the namespace's values of this dataclass's fields (other attributes ignored)."""
         return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if hasattr(ns, f.name)})
 

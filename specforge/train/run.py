@@ -62,13 +62,27 @@ def run_training(args: TrainRunConfig):
     """Build everything from the run configuration and train; returns the last checkpoint path (or None)."""
     import torch
 
-    from specforge.modeling.loading import (DEFAULT_TARGET, load_config, load_target_model, load_tokenizer,
-                                            load_tp_target, resolve_device)
-    from specforge.train import dist
+    from specforge.modeling.loading import (
+        DEFAULT_TARGET,
+        load_config,
+        load_target_model,
+        load_tokenizer,
+        load_tp_target,
+        resolve_device,
+    )
     from specforge.modeling.target import HFEagle3TargetModel
-    from specforge.train.components import (build_cache, build_draft, build_draft_config, build_ttt,
-                                            make_forward_fn, make_offline_forward_fn, open_hidden_states,
-                                            resolve_attention_backend, resolve_train_dtype)
+    from specforge.train import dist
+    from specforge.train.components import (
+        build_cache,
+        build_draft,
+        build_draft_config,
+        build_ttt,
+        make_forward_fn,
+        make_offline_forward_fn,
+        open_hidden_states,
+        resolve_attention_backend,
+        resolve_train_dtype,
+    )
     from specforge.train.trackers import build_tracker, check_tracker_available
     from specforge.train.trainer import TrainConfig, Trainer
 

@@ -9,7 +9,7 @@ import torch
 
 def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
     """Number of warmup steps: ``ceil(warmup_ratio * total_steps)`` (0 when the ratio is 0)."""
-    return int(math.ceil(warmup_ratio * total_steps)) if warmup_ratio > 0 else 0
+    return math.ceil(warmup_ratio * total_steps) if warmup_ratio > 0 else 0
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:

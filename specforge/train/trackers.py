@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from specforge.errors import SpecforgeError
 from specforge.fileio import atomic_open
@@ -84,7 +85,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 class Tracker:
     """Base tracker: ``log(record)`` per metrics record, ``finish()`` at the end. Does nothing."""
 
-    def log(self, record: dict) -> None:  # noqa: D401 - interface
+    def log(self, record: dict) -> None:
         pass
 
     def finish(self) -> None:

@@ -41,13 +41,13 @@ class DistributedTargetModel(ABC):
         modules = dict(self.named_modules())  # type: ignore[attr-defined]
         params = dict(self.named_parameters())  # type: ignore[attr-defined]
         loaded = set()
-        for name in state_dict.keys():
+        for name in state_dict.keys():  # noqa: SIM118  (lazy safetensors handles have keys() only)
             if name not in params:
                 if name.endswith((".inv_freq", "rotary_emb.inv_freq")):
                     continue
                 raise SpecforgeError(f"checkpoint tensor {name} has no place in {type(self).__name__}; "
                                      "override load_weights to map its names.")
-            mod_name, _, leaf = name.rpartition(".")
+            mod_name = name.rpartition(".")[0]
             module = modules[mod_name]
             value = state_dict[name]
             try:
