@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml requirements.lock requirements-data.txt Makefile
 	@$(PY) scripts/pip_check.py requirements-data.txt
 	touch $(STAMP)
 
-test: install
+# The suite starts with the linters: ruff and mypy on the library must be clean (config in pyproject.toml).
+test: install lint
 	$(PY) -m pytest -q
 
 lint: install

@@ -87,8 +87,9 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent, glob_escape(path.name))
     prefix = f".{path.name}.tmp-{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)) if is_dir else None
-    if not is_dir:
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
         os.close(fd)
         tmp = Path(name)
@@ -108,7 +109,10 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
     except BaseException as e:
         if old is not None and old.exists() and not path.exists():
             os.replace(old, path)  # the replacement failed: put the previous copy back
-        shutil.rmtree(tmp, ignore_errors=True) if is_dir else tmp.unlink(missing_ok=True)
+        if is_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         for d in created:  # a failed write leaves no directories it made either
             try:
                 d.rmdir()
@@ -266,7 +270,7 @@ def describe_os_error(e: OSError) -> str | None:
     if advice is None:
         return None
     where = e.filename if e.filename is not None else "writing output"
-    return f"{where}: {e.strerror or os.strerror(e.errno)}; {advice} (nothing half-written was kept)."
+    return f"{where}: {e.strerror or os.strerror(e.errno or 0)}; {advice} (nothing half-written was kept)."
 
 
 def load_safetensors(path: str | os.PathLike) -> dict:

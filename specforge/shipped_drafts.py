@@ -26,7 +26,7 @@ def draft_dirs() -> list[Path]:
 
 def available() -> list[str]:
     """Names of the shipped drafts found (sorted, de-duplicated)."""
-    names = set()
+    names: set[str] = set()
     for d in draft_dirs():
         if d.is_dir():
             names.update(p.name for p in d.iterdir() if (p / "config.json").is_file())

@@ -28,8 +28,6 @@ def test_top_level_vllm_ids_are_inputs_of_layers():
 def test_every_stage_reads_the_same_layers_from_a_top_level_only_config(tmp_path, tiny_target_dir):
     """A draft config with only the top-level ids: train's target wrapper, the bench's draft loader,
     validate's τ check and every export layout all use hidden_states IDS (train used the defaults)."""
-    from argparse import Namespace
-
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
@@ -51,7 +49,7 @@ def test_every_stage_reads_the_same_layers_from_a_top_level_only_config(tmp_path
     cfg_file.write_text(json.dumps(cfg))
 
     # train: the draft config as the trainer builds it, and the target wrapper that feeds the draft
-    dcfg = build_draft_config(Namespace(draft_model_config=str(cfg_file), draft_vocab_size=None), target_cfg)
+    dcfg = build_draft_config(str(cfg_file), None, target_cfg)
     target = LlamaForCausalLM.from_pretrained(tiny_target_dir).eval()
     assert HFEagle3TargetModel(target, draft_config=dcfg).layer_ids == IDS
 

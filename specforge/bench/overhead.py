@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import Any
 
 import torch
 
@@ -70,7 +71,7 @@ def measure(model_path: str, benchmark: str, max_new_tokens: int, chains: list[i
     hf.generate(prompts[:1])  # warm-up
     hf.max_new_tokens = max_new_tokens
     refs = [hf.generate([p])[0][0] for p in prompts]
-    base_cfg = {"temperature": 0.0, "max_new_tokens": max_new_tokens, "eos_token_ids": tuple(sorted(eos))}
+    base_cfg: dict[str, Any] = {"temperature": 0.0, "max_new_tokens": max_new_tokens, "eos_token_ids": tuple(sorted(eos))}
     for _ in range(repeats):  # interleave the methods so machine-load drift hits all of them alike
         for p, ref in zip(prompts, refs):
             outs, st = hf.generate([p])

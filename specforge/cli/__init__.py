@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     setup_logging()
     try:
-        return int(module.run(args) or 0)
+        return int(module.run(args) or 0)  # type: ignore[attr-defined]  # each command module defines run
     except SpecforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

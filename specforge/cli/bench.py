@@ -85,7 +85,7 @@ def run(args) -> int:
     if args.temperature < 0:
         raise SpecforgeError("--temperature must be >= 0.")
     opts = BenchOptions(
-        model_path=target_from_args(args), draft_path=args.speculative_draft_model_path,
+        model_path=str(target_from_args(args)), draft_path=args.speculative_draft_model_path,
         configs=[parse_config(c) for c in args.config_list], benchmarks=list(args.benchmark_list),
         output=args.output, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
         system_prompt=args.system_prompt, device=args.device, dtype=args.dtype,

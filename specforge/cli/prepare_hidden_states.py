@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from specforge.modeling.target import HFEagle3TargetModel
     from specforge.train.components import (
+        DataOptions,
         build_cache,
         build_draft_config,
         resolve_train_dtype,
@@ -68,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
     target_path = target_from_args(args) or DEFAULT_TARGET
     device = resolve_device(args.device)
     dtype = resolve_train_dtype(args.dtype, device)
-    draft_config = build_draft_config(args, load_config(target_path))
-    cache = build_cache(args, target_path, draft_config, load_tokenizer(target_path))
+    draft_config = build_draft_config(args.draft_model_config, args.draft_vocab_size, load_config(target_path))
+    data = DataOptions(args.train_data_path, args.eval_data_path, args.cache_dir, args.chat_template, args.max_length,
+                       args.num_proc)
+    cache = build_cache(data, target_path, draft_config, load_tokenizer(target_path))
     target = HFEagle3TargetModel(load_target_model(target_path, dtype=dtype, device=device), draft_config=draft_config)
     source = {"target_model_path": str(target_path), "max_length": args.max_length,
               "draft_vocab_size": int(draft_config.draft_vocab_size)}

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from specforge.regen.run import RegenOptions, regenerate
 
     opts = RegenOptions(
-        model_name=target_from_args(args), raw_data_file=args.raw_data_file, output_dir=args.output_dir,
+        model_name=str(target_from_args(args)), raw_data_file=args.raw_data_file, output_dir=args.output_dir,
         servers=list(args.server_address_port or []), max_concurrency=args.max_concurrency,
         num_per_shard=args.num_per_shard, max_tokens=args.max_tokens, temperature=args.temperature,
         top_p=args.top_p, system_prompt=args.system_prompt, num_samples=args.num_samples, resume=args.resume,

@@ -256,7 +256,7 @@ def build_eagle3_dataset_cache(
     vd = resolve_draft_vocab_size(target_vocab, draft_model_config, draft_vocab_size)
     renderer = get_renderer(chat_template, tokenizer)  # unknown names fail here, before any work
 
-    ingredients = {
+    ingredients: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "train": file_identity(train_data_path),
         "eval": file_identity(eval_data_path) if eval_data_path else None,

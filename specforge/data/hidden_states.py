@@ -22,6 +22,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ def estimate_bytes(num_tokens: int, target_hidden: int, dtype: torch.dtype) -> i
     return num_tokens * (4 * target_hidden * torch.finfo(dtype).bits // 8 + 9)
 
 
-def _splits(cache) -> list[tuple[str, object]]:
+def _splits(cache) -> list[tuple[str, Any]]:
     return [(name, rows) for name, rows in (("train", cache.train), ("eval", cache.eval)) if rows is not None]
 
 
@@ -69,7 +70,7 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
     root = Path(output_dir)
     Ht = int(target.model.config.hidden_size)
     lengths = {name: row_lengths(rows) for name, rows in _splits(cache)}
-    meta = {"format": FORMAT, "target_hidden_size": Ht, "aux_layer_ids": list(target.layer_ids),
+    meta: dict[str, Any] = {"format": FORMAT, "target_hidden_size": Ht, "aux_layer_ids": list(target.layer_ids),
             "storage_dtype": storage_dtype, "shard_rows": shard_rows, "source": source or {},
             "cache": str(cache.path),
             "splits": {name: {"rows": len(ls), "tokens": int(sum(ls)), "shards": math.ceil(len(ls) / shard_rows)}

@@ -7,6 +7,7 @@ Shapes: ``B`` batch, ``T``/``L`` tokens, ``H`` draft hidden, ``Ht`` target hidde
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,11 @@ class Eagle3DraftModel(nn.Module, ABC):
     (bool ``[V]``, True where a target token is in the draft vocab).
     """
 
-    config_class = None  # set by subclasses (the HF config class the draft is built from)
+    config_class: Any = None  # set by subclasses (the HF config class the draft is built from)
+    # set by subclasses: the frozen embedding and the vocabulary maps (see the class docstring)
+    embed_tokens: nn.Embedding
+    d2t: torch.Tensor
+    t2d: torch.Tensor
     #: state-dict keys that are not part of a checkpoint (the target's embedding is loaded separately)
     non_checkpoint_keys: tuple[str, ...] = ("embed_tokens.weight",)
 

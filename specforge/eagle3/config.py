@@ -206,9 +206,9 @@ class Eagle3Config:
                                  "target's values, or omit --draft-model-config to derive a config from the target).")
         ids = aux_ids_from_config(data, speculators)
         archs = data.get("architectures") or [ARCH]
-        kw = {k: data.get(k) or 0 for k in _REQUIRED_INTS + _OPTIONAL_INTS}
+        kw: dict[str, Any] = {k: data.get(k) or 0 for k in _REQUIRED_INTS + _OPTIONAL_INTS}
         kw["num_hidden_layers"] = data.get("num_hidden_layers") or 1
-        opts = {k: data.get(k, False) for k in OPTION_FIELDS}
+        opts: dict[str, Any] = {k: data.get(k, False) for k in OPTION_FIELDS}
         return cls(**kw, **opts, aux_layer_ids=None if ids is None else tuple(ids), architecture=str(archs[0]),
                    source=source)
 

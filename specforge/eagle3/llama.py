@@ -14,6 +14,8 @@ after the first layer's along the head axis of the decode cache).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,7 +107,7 @@ class LlamaForCausalLMEagle3(Eagle3DraftModel):
     """EAGLE-3 Llama draft. Config fields: the usual LlamaConfig ones plus ``draft_vocab_size``,
     ``target_hidden_size`` (default ``hidden_size``) and the options of the module docstring."""
 
-    config_class = LlamaConfig
+    config_class: Any = LlamaConfig
 
     def __init__(self, config, quant_config=None) -> None:
         super().__init__(config)
@@ -173,7 +175,7 @@ class LlamaForCausalLMEagle3(Eagle3DraftModel):
         """See :meth:`Eagle3DraftModel.decode_step`; attention via SDPA (GQA native). With several layers the
         cache holds each layer's keys/values side by side on the head axis ``[B, layers*KVH, S, D]``."""
         cos, sin = self._rope(hidden, position_ids)
-        layers = [self.midlayer, *self.layers.values()]
+        layers: list[Eagle3DecoderLayer] = [self.midlayer, *self.layers.values()]  # type: ignore[list-item]
         past = [None] * len(layers) if past_kv is None else list(zip(past_kv[0].chunk(len(layers), 1),
                                                                       past_kv[1].chunk(len(layers), 1)))
         new_k, new_v = [], []
@@ -204,7 +206,7 @@ class LlamaForCausalLMEagle3(Eagle3DraftModel):
             return self._step_output(self.midlayer.finish(attn, hidden))
         step = [(k, v)]
         cache.append(step)
-        layers = [self.midlayer, *self.layers.values()]
+        layers: list[Eagle3DecoderLayer] = [self.midlayer, *self.layers.values()]  # type: ignore[list-item]
         h = hidden
         for j, layer in enumerate(layers):
             if j:

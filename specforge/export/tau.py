@@ -28,6 +28,8 @@ def _prompt_ids(target_model_path: str | None, vocab_size: int, n: int) -> tuple
     try:
         from specforge.modeling.loading import load_tokenizer
 
+        if target_model_path is None:
+            raise KeyError("no target tokenizer")
         tok = load_tokenizer(target_model_path)
         out = []
         for p in PROMPTS[:n]:

@@ -77,7 +77,8 @@ def _check_tensors(tensors: dict, flat: dict, prefix: str) -> list[Check]:
     out.append(Check("required tensors", FAIL if missing else PASS,
                      f"missing {', '.join(missing)}: the engine leaves them random or refuses to load"
                      if missing else f"all {len(expected)} present", _REEXPORT if missing else ""))
-    bad, transposed = [], []
+    bad: list[tuple] = []
+    transposed: list[tuple] = []
     for k, (shape, _) in expected.items():
         if k in tensors and tuple(tensors[k].shape) != shape:
             got = tuple(tensors[k].shape)

@@ -143,6 +143,11 @@ class SpeculativeDecoder:
         self.device = next(target.parameters()).device
         self.dtype = next(target.parameters()).dtype
 
+    def _drafter(self) -> Drafter:
+        """The drafter (only called on the speculative paths, where __init__ made sure there is one)."""
+        assert self.drafter is not None
+        return self.drafter
+
     # ---- target ---------------------------------------------------------------------------------------
 
     def _target(self, ids, pos, mask, cache, want_aux: bool, logits_to_keep: int = 0):
@@ -154,7 +159,7 @@ class SpeculativeDecoder:
             **cache_kwargs(self.target, cache), use_cache=True, output_hidden_states=want_aux,
             logits_to_keep=logits_to_keep,
         )
-        aux = torch.cat([out.hidden_states[i] for i in self.aux_ids], -1) if want_aux else None
+        aux = torch.cat([out.hidden_states[i] for i in self.aux_ids or ()], -1) if want_aux else None
         _sync(self.device)
         self._stats.target_s += time.perf_counter() - t0
         return out.logits, aux
@@ -175,7 +180,7 @@ class SpeculativeDecoder:
 
     def _draft(self, root_tokens: torch.Tensor) -> DraftTree:
         """Draft one tree per row (EAGLE-2 expansion + re-ranking). root_tokens [B] -> DraftTree."""
-        cfg, dr = self.cfg, self.drafter
+        cfg, dr = self.cfg, self._drafter()
         _sync(self.device)
         t0 = time.perf_counter()
         b = root_tokens.shape[0]
@@ -215,7 +220,7 @@ class SpeculativeDecoder:
     def _commit(self, tokens, aux, positions, valid) -> None:
         _sync(self.device)
         t0 = time.perf_counter()
-        self.drafter.commit(tokens, aux, positions, valid)
+        self._drafter().commit(tokens, aux, positions, valid)
         _sync(self.device)
         self._stats.draft_s += time.perf_counter() - t0
 
@@ -238,7 +243,7 @@ class SpeculativeDecoder:
         b = len(prompts)
         eos = set(cfg.eos_token_ids)
         speculate = cfg.num_steps > 0 and cfg.num_verify_tokens > 1
-        want_aux = speculate and self.drafter.needs_aux
+        want_aux = speculate and self._drafter().needs_aux
         _sync(dev)
         t_start = time.perf_counter()
 
@@ -264,7 +269,7 @@ class SpeculativeDecoder:
         lengths = plen.clone()  # target cache slots per row = tokens so far - 1
         st.prompt_tokens = int(plen.sum())
         if speculate:
-            self.drafter.reset(b)
+            self._drafter().reset(b)
             nxt = torch.cat([ids[:, 1:], root[:, None]], 1)  # slot t carries token t + 1
             self._commit(nxt, aux, pos, slot_ok)
         _sync(dev)
@@ -285,10 +290,10 @@ class SpeculativeDecoder:
             if len(keep) < len(rows):
                 idx = torch.tensor(keep, device=dev)
                 for layer in cache.layers:
-                    layer.batch_select_indices(idx)
+                    layer.batch_select_indices(idx)  # type: ignore[union-attr]  # DynamicCache layers have it
                 lengths, root = lengths[idx], root[idx]
                 if speculate:
-                    self.drafter.select_rows(idx)
+                    self._drafter().select_rows(idx)
                 rows = [rows[i] for i in keep]
             nb = len(rows)
             if speculate:

@@ -19,6 +19,8 @@ measuring the decoder's own overhead.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from specforge.inference.kv import (
@@ -78,7 +80,7 @@ class _SequenceTracker(Drafter):
         return max(self.seqs[b]) + 1
 
     def _random_tokens(self, n: int, exclude: int | None) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < n:
             x = int(torch.randint(self.vocab_size, (1,), generator=self.gen))
             if x != exclude and x not in out:
@@ -164,9 +166,10 @@ class Eagle3Drafter(Drafter):
         self.d2t = d2t.long() if d2t is not None else None
 
     def reset(self, batch_size: int) -> None:
-        self.kv = None  # (k, v) [B, KVH, S, D]
-        self.lengths = None  # [B] valid context slots per row
-        self.last_pos = None  # [B] position id of each row's last committed slot
+        # decoding state, set by commit(): Any because it is None until the first commit
+        self.kv: Any = None  # (k, v) [B, KVH, S, D]
+        self.lengths: Any = None  # [B] valid context slots per row
+        self.last_pos: Any = None  # [B] position id of each row's last committed slot
 
     def _to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids if self.d2t is None else draft_ids + self.d2t[draft_ids]
@@ -202,8 +205,8 @@ class Eagle3Drafter(Drafter):
 
     def first(self, topk: int):
         # Tree slots of the proposal being drafted: keys/values, ancestor mask, parent hidden states.
-        self.tree_kv = None
-        self.tree_anc = None
+        self.tree_kv: Any = None
+        self.tree_anc: Any = None
         self.prev_hidden = self.last_hidden
         ids, lp = self._topk(self.last_hidden[:, 0], topk)
         return ids, lp

@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from specforge.errors import SpecforgeError
 
@@ -109,7 +110,7 @@ def _ensure_converted(m: OfflineModel) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # Weights are plain tensors after dequantisation; the GGUF quantizer marker only blocks saving.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # an attribute transformers sets, typed as a module
     for obj in (model.config, getattr(model, "generation_config", None)):
         if obj is not None and hasattr(obj, "quantization_config"):
             delattr(obj, "quantization_config")
@@ -236,7 +237,8 @@ class SafetensorsSlices:
         else:
             raise SpecforgeError(f"{root} has no model.safetensors (or index); tensor parallelism loads "
                                  "safetensors checkpoints only.")
-        self._files, self._open = files, {}
+        self._files = files
+        self._open: dict[str, Any] = {}
 
     def keys(self):
         return self._files.keys()

@@ -155,9 +155,9 @@ class ServerPool:
             self.inflight[i] += 1
             self.requests[i] += 1
             try:
-                resp = await self.clients[i].chat.completions.create(
+                resp = await self.clients[i].chat.completions.create(  # type: ignore[call-overload]
                     model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature,
-                    top_p=top_p, stream=False, **extra)
+                    top_p=top_p, stream=False, **extra)  # (plain dicts for messages; the SDK's overloads want TypedDicts)
             except Exception as e:  # noqa: BLE001 - classified below
                 last = _reason(e)
                 if not _retryable(e):

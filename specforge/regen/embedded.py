@@ -143,7 +143,7 @@ class ThreadedGenerator:
         fut = loop.create_future()
 
         def done(r: GenRequest) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(r))
+            loop.call_soon_threadsafe(lambda: None if fut.done() else fut.set_result(r))
 
         self.submit(GenRequest(prompt, max_tokens, temperature, top_p, seed, on_done=done))
         req = await fut

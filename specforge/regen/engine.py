@@ -19,6 +19,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -69,8 +70,8 @@ class _SlotLayer:
 
     def __init__(self, state: _SlotState):
         self.state = state
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
+        self.keys: Any = None  # [B, KVH, S, D] once the first forward allocated it
+        self.values: Any = None
         self.is_initialized = False
 
     def _alloc(self, like: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -119,7 +120,7 @@ class _SlotLayer:
 def _make_cache(num_layers: int, state: _SlotState):
     from transformers.cache_utils import Cache
 
-    return Cache(layers=[_SlotLayer(state) for _ in range(num_layers)])
+    return Cache(layers=[_SlotLayer(state) for _ in range(num_layers)])  # type: ignore[misc]  # duck-typed layers
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -254,7 +255,7 @@ class BatchEngine:
         p = len(prompt)
         self._ensure_capacity(p)
         ids_all = torch.tensor([prompt], device=self.device)
-        logits = None
+        logits: Any = None
         for a in range(0, p, self.prefill_chunk):
             b = min(p, a + self.prefill_chunk)
             pos = torch.arange(a, b, device=self.device)[None, :]

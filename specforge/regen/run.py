@@ -20,6 +20,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from specforge.data.template import ROLES
 from specforge.errors import SpecforgeError
@@ -169,7 +170,7 @@ async def regenerate_row(backend, row: InputRow, sample: int | None, opts: Regen
         msgs.append(answer)
         stats.tokens += comp.completion_tokens
         turn += 1
-    out = {"id": row.id, "conversations": msgs}
+    out: dict[str, Any] = {"id": row.id, "conversations": msgs}
     if sample is not None:
         out["sample"] = sample
     return out

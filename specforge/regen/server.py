@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Any
 
 from fastapi import (
     Request,  # at module level: FastAPI resolves the handlers' (string) annotations here
@@ -27,7 +28,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error"):
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
-def _params(body) -> tuple[dict | None, str | None]:
+def _params(body) -> tuple[Any, str | None]:
     """Validate a chat-completions body -> (params, None) or (None, what is wrong)."""
     if not isinstance(body, dict):
         return None, "the body must be a JSON object"

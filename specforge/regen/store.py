@@ -81,7 +81,7 @@ class ShardStore:
         self.done: set[str] = set()  # keys of rows in shards
         self.prev_errors: dict[str, dict] = {}  # key -> last error record of earlier runs
         self.new_errors: dict[str, dict] = {}
-        self._partial = None  # open file object of the shard being filled
+        self._partial: Any = None  # open file object of the shard being filled
         self._partial_rows = 0
         self._index = 0
         self._started = False

@@ -38,8 +38,9 @@ def draft_state_dict(draft: torch.nn.Module) -> dict[str, torch.Tensor]:
     Returns contiguous CPU tensors keyed by the draft's own names (``midlayer.*``, ``fc.weight``,
     ``norm.weight``, ``lm_head.weight``, ``d2t``, ``t2d``).
     """
-    if hasattr(draft, "state_dict_for_save"):  # Eagle3DraftModel knows its own non-checkpoint keys
-        tensors = draft.state_dict_for_save()
+    save = getattr(draft, "state_dict_for_save", None)  # Eagle3DraftModel knows its own non-checkpoint keys
+    if save is not None:
+        tensors = save()
     else:
         tensors = {k: v for k, v in draft.state_dict().items() if "embed_tokens" not in k}
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -223,8 +224,9 @@ def load_draft_weights(draft: torch.nn.Module, ckpt: str | Path) -> None:
     """Load ``model.safetensors`` of a checkpoint into ``draft`` (embedding excluded, all else strict)."""
     f = Path(ckpt) / "model.safetensors"
     tensors = read_draft_weights(ckpt)
-    if hasattr(draft, "load_checkpoint_state"):
-        draft.load_checkpoint_state(tensors, source=str(f))
+    load = getattr(draft, "load_checkpoint_state", None)
+    if load is not None:
+        load(tensors, source=str(f))
         return
     missing, unexpected = draft.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if "embed_tokens" not in k]
@@ -235,7 +237,7 @@ def load_draft_weights(draft: torch.nn.Module, ckpt: str | Path) -> None:
 
 def capture_rng() -> dict:
     """Current torch generator states: ``{"cpu": ByteTensor, "cuda": [ByteTensor per device]}``."""
-    out = {"cpu": torch.get_rng_state()}
+    out: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out

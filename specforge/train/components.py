@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
+from specforge.eagle3.base import Eagle3DraftModel
 from specforge.errors import SpecforgeError
-
-if TYPE_CHECKING:
-    from specforge.train.config import TrainRunConfig
+from specforge.train.config import DataOptions
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +43,9 @@ def resolve_train_dtype(name: str | None, device: str):
     return torch.bfloat16 if str(device) == "cpu" and precision.cpu_has_fast_bf16() else torch.float32
 
 
-def build_draft_config(args: TrainRunConfig, target_config):
-    """Draft config from ``--draft-model-config`` (``architectures[0]`` picks the class) or derived from
-    the target; ``--draft-vocab-size`` overrides; then checked against the target."""
+def build_draft_config(draft_model_config: str | None, draft_vocab_size: int | None, target_config):
+    """Draft config from ``draft_model_config`` (a config.json; ``architectures[0]`` picks the class) or
+    derived from the target; ``draft_vocab_size`` overrides; then checked against the target."""
     from specforge.eagle3.auto import (
         AutoDraftModelConfig,
         check_draft_target_compat,
@@ -55,28 +53,28 @@ def build_draft_config(args: TrainRunConfig, target_config):
     )
     from specforge.eagle3.config import default_draft_vocab_size
 
-    if args.draft_model_config:
-        cfg = AutoDraftModelConfig.from_file(args.draft_model_config)
-        if args.draft_vocab_size is not None and args.draft_vocab_size != getattr(cfg, "draft_vocab_size", None):
-            logger.info("--draft-vocab-size %d overrides draft_vocab_size %s of %s", args.draft_vocab_size,
-                        getattr(cfg, "draft_vocab_size", None), args.draft_model_config)
-            cfg.draft_vocab_size = args.draft_vocab_size
+    if draft_model_config:
+        cfg = AutoDraftModelConfig.from_file(draft_model_config)
+        if draft_vocab_size is not None and draft_vocab_size != getattr(cfg, "draft_vocab_size", None):
+            logger.info("--draft-vocab-size %d overrides draft_vocab_size %s of %s", draft_vocab_size,
+                        getattr(cfg, "draft_vocab_size", None), draft_model_config)
+            cfg.draft_vocab_size = draft_vocab_size
         if getattr(cfg, "draft_vocab_size", None) is None:
             cfg.draft_vocab_size = default_draft_vocab_size(cfg.vocab_size)
     else:
-        cfg = derive_draft_config(target_config, args.draft_vocab_size)
+        cfg = derive_draft_config(target_config, draft_vocab_size)
     check_draft_target_compat(cfg, target_config)
     return cfg
 
 
-def build_cache(args: TrainRunConfig, target_path: str, draft_config, tokenizer):
-    """The dataset cache of ``--train-data-path``/``--eval-data-path`` (built, or found by its hash)."""
+def build_cache(data: DataOptions, target_path: str, draft_config, tokenizer):
+    """The dataset cache of the training/eval conversations (built, or found by its hash)."""
     from specforge.data.cache import build_eagle3_dataset_cache
 
     return build_eagle3_dataset_cache(
-        target_model_path=target_path, train_data_path=args.train_data_path, eval_data_path=args.eval_data_path,
-        cache_dir=args.cache_dir, chat_template=args.chat_template, max_length=args.max_length,
-        draft_vocab_size=int(draft_config.draft_vocab_size), num_proc=args.num_proc, tokenizer=tokenizer)
+        target_model_path=target_path, train_data_path=data.train_data_path, eval_data_path=data.eval_data_path,
+        cache_dir=data.cache_dir, chat_template=data.chat_template, max_length=data.max_length,
+        draft_vocab_size=int(draft_config.draft_vocab_size), num_proc=data.num_proc, tokenizer=tokenizer)
 
 
 def open_hidden_states(path: str):
@@ -92,13 +90,13 @@ def open_hidden_states(path: str):
     return SimpleNamespace(train=HiddenStateRows(path, "train"), eval=ev, d2t=d2t, t2d=t2d, path=path)
 
 
-def build_draft(draft_config, target_model, cache, device: str, freeze_lm_head: bool = False) -> torch.nn.Module:
+def build_draft(draft_config, target_model, cache, device: str, freeze_lm_head: bool = False) -> Eagle3DraftModel:
     """A fresh draft (fp32 master weights) with the cache's ``d2t``/``t2d`` and the target's frozen embedding.
 
     ``target_model`` is the HF causal LM; ``cache`` a :class:`specforge.data.cache.CacheResult`. With
     ``freeze_lm_head`` see :func:`init_head_from_target`.
     """
-    from specforge.modeling.auto import AutoEagle3DraftModel
+    from specforge.eagle3.auto import AutoEagle3DraftModel
 
     draft = AutoEagle3DraftModel.from_config(draft_config)
     if tuple(cache.d2t.shape) != tuple(draft.d2t.shape) or tuple(cache.t2d.shape) != tuple(draft.t2d.shape):

@@ -15,6 +15,18 @@ from specforge.errors import SpecforgeError
 from specforge.modeling.loading import DEFAULT_TARGET
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """What the dataset cache is built from (``train`` and ``prepare-hidden-states`` fill it from their flags)."""
+
+    train_data_path: str
+    eval_data_path: str | None = None
+    cache_dir: str = "./cache"
+    chat_template: str = "auto"
+    max_length: int = 2048
+    num_proc: int = 1
+
+
 @dataclass
 class TrainRunConfig:
     """Everything ``specforge train`` was asked to do; validated on construction (one clear line)."""
@@ -74,6 +86,13 @@ class TrainRunConfig:
         """The CLI edge: keep the namespace's values of this dataclass's fields (other attributes ignored)."""
         return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if hasattr(ns, f.name)})
 
+    def data_options(self) -> DataOptions:
+        """The dataset-cache inputs of this run (needs ``train_data_path``)."""
+        if self.train_data_path is None:
+            raise SpecforgeError("--train-data-path is required (a conversations JSONL file).")
+        return DataOptions(self.train_data_path, self.eval_data_path, self.cache_dir, self.chat_template,
+                           self.max_length, self.num_proc)
+
     def validate(self) -> None:
         """Reject inconsistent or out-of-range values with one clear line (no side effects)."""
         if self.train_data_path is None and not self.hidden_states_path:
@@ -97,11 +116,12 @@ class TrainRunConfig:
         for flag, value in (("--save-interval", self.save_interval), ("--eval-interval", self.eval_interval)):
             if value < 0:
                 raise SpecforgeError(f"{flag} must be >= 0 (got {value}).")
-        for flag, value in (("--learning-rate", self.learning_rate), ("--warmup-ratio", self.warmup_ratio),
-                            ("--max-grad-norm", self.max_grad_norm), ("--mem-frac", self.mem_frac),
-                            ("--dist-timeout", self.dist_timeout)):
-            if value is not None and not math.isfinite(value):
-                raise SpecforgeError(f"{flag} must be a finite number (got {value}).")
+        floats: tuple[tuple[str, float | None], ...] = (
+            ("--learning-rate", self.learning_rate), ("--warmup-ratio", self.warmup_ratio),
+            ("--max-grad-norm", self.max_grad_norm), ("--mem-frac", self.mem_frac), ("--dist-timeout", self.dist_timeout))
+        for flag, fvalue in floats:
+            if fvalue is not None and not math.isfinite(fvalue):
+                raise SpecforgeError(f"{flag} must be a finite number (got {fvalue}).")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise SpecforgeError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio}).")
         if self.learning_rate <= 0:

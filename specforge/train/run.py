@@ -91,8 +91,10 @@ def run_training(args: TrainRunConfig):
     check_tracker_available(args.report_to)
     from specforge.train.checkpoint import guard_output_dir, resolve_resume_dir
 
-    guard_output_dir(args.output_dir, args.resume, args.overwrite, dist.env_world().is_main)
-    resume_dir = resolve_resume_dir(args.resume, args.output_dir) if args.resume else None
+    output_dir = args.output_dir
+    assert output_dir is not None  # TrainRunConfig requires it
+    guard_output_dir(output_dir, args.resume, args.overwrite, dist.env_world().is_main)
+    resume_dir = resolve_resume_dir(args.resume, output_dir) if args.resume else None
     target_path = args.target_model_path or DEFAULT_TARGET
     world = dist.env_world()
     target_config = load_config(target_path)
@@ -106,14 +108,14 @@ def run_training(args: TrainRunConfig):
     device = dist.rank_device(device, info)
     _apply_mem_frac(args, device)
     try:
-        draft_config = build_draft_config(args, target_config)
+        draft_config = build_draft_config(args.draft_model_config, args.draft_vocab_size, target_config)
 
         tokenizer = load_tokenizer(target_path)
         if not info.is_main:  # rank 0 tokenises; the others then hit its cache
             dist.barrier(info)
         offline = bool(args.hidden_states_path)
-        cache = (open_hidden_states(args.hidden_states_path) if offline
-                 else build_cache(args, target_path, draft_config, tokenizer))
+        cache = (open_hidden_states(str(args.hidden_states_path)) if offline
+                 else build_cache(args.data_options(), target_path, draft_config, tokenizer))
         if info.is_main:
             dist.barrier(info)
         logger.info("dataset cache %s: %d train rows%s", cache.path, len(cache.train),
@@ -131,26 +133,28 @@ def run_training(args: TrainRunConfig):
         if offline:
             from specforge.data.hidden_states import check_store_fits
 
-            check_store_fits(args.hidden_states_path, target)
+            check_store_fits(str(args.hidden_states_path), target)
         forward_fn = (make_offline_forward_fn if offline else make_forward_fn)(model, target, draft.t2d)
 
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         cfg = TrainConfig(
-            output_dir=args.output_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
+            output_dir=output_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
             accumulation_steps=args.accumulation_steps, learning_rate=args.learning_rate,
             total_steps=args.total_steps, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm,
             seed=args.seed, save_interval=args.save_interval, eval_interval=args.eval_interval,
             log_interval=args.log_interval, device=device, dtype=dtype, pad_token_id=pad_id,
             run_config={k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
         )
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
         trackers = []
         if info.is_main:
-            trackers.append(build_tracker(args.report_to, args.output_dir, cfg.run_config,
+            trackers.append(build_tracker(args.report_to, output_dir, cfg.run_config,
                                           args.wandb_project, args.wandb_name))
         collate = None
         if offline:
-            from specforge.data.hidden_states import collate_hidden_states as collate
+            from specforge.data.hidden_states import collate_hidden_states
+
+            collate = collate_hidden_states
         trainer = Trainer(cfg, model, forward_fn, cache.train, cache.eval, draft=draft,
                           draft_config=draft_config, trackers=trackers, dist=info, collate=collate)
         if resume_dir is not None:

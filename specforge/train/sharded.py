@@ -49,7 +49,8 @@ def full_state(tree: Any) -> Any:
 
 def full_draft_state(draft: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The draft's checkpoint tensors (its ``state_dict_for_save`` names) as full CPU tensors."""
-    own = draft.state_dict_for_save() if hasattr(draft, "state_dict_for_save") else {
+    save = getattr(draft, "state_dict_for_save", None)
+    own = save() if save is not None else {
         k: v for k, v in draft.state_dict().items() if "embed_tokens" not in k}
     return {k: v.contiguous() for k, v in full_state(own).items()}
 
@@ -67,7 +68,8 @@ def _like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def load_draft_sharded(draft: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy full checkpoint ``tensors`` into the (sharded) draft; the embedding is not in the file."""
     own = dict(draft.named_parameters()) | dict(draft.named_buffers())
-    expected = set(draft.state_dict_for_save() if hasattr(draft, "state_dict_for_save") else
+    save = getattr(draft, "state_dict_for_save", None)
+    expected = set(save() if save is not None else
                    {k for k in own if "embed_tokens" not in k})
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:

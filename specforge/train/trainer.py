@@ -108,7 +108,8 @@ class Trainer:
         # Master weights stay fp32; bf16/fp16 only inside autocast. fp16 also needs loss scaling.
         self.autocast = cfg.dtype in (torch.bfloat16, torch.float16)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=cfg.dtype == torch.float16)
-        self.metrics_log = MetricsLog(cfg.output_dir) if self.dist.is_main else None
+        # only the main rank writes metrics; the others never reach the code that logs
+        self.metrics_log: Any = MetricsLog(cfg.output_dir) if self.dist.is_main else None
         self.global_step, self.epoch, self.group_pos = 0, 0, 0
 
     # ------------------------------------------------------------------ state
@@ -160,7 +161,8 @@ class Trainer:
         pure function of seed and epoch), so the other ranks' generators do not affect a resumed run.
         """
         path = Path(self.cfg.output_dir) / name
-        draft, optim = self.draft, self.optimizer
+        draft: Any = self.draft
+        optim: Any = self.optimizer
         if sharded.is_sharded(self.draft):  # FSDP: every rank takes part in gathering full tensors
             draft, optim = sharded.full_draft_state(self.draft), sharded.full_state(self.optimizer.state_dict())
         if self.dist.is_main:
@@ -196,8 +198,8 @@ class Trainer:
         counts = [0, 0]
         for i, idx in enumerate(group):
             last = i == len(group) - 1
-            sync = self.model.no_sync() if (self.dist.enabled and not last and hasattr(self.model, "no_sync")) \
-                else contextlib.nullcontext()
+            no_sync = getattr(self.model, "no_sync", None)  # DDP: skip the all-reduce until the last micro-batch
+            sync = no_sync() if (self.dist.enabled and not last and no_sync is not None) else contextlib.nullcontext()
             with sync:
                 loss, metrics = self._forward(self._batch(idx, self.train_rows, counts))
                 self.scaler.scale(loss / len(group)).backward()
@@ -246,12 +248,12 @@ class Trainer:
         # Sums and batch counts are reduced over ranks before dividing: ranks may hold unequal eval shards.
         flat = torch.cat([sums[k].double().reshape(-1) for k in keys] + [torch.tensor([float(n)], dtype=torch.float64)])
         flat = all_reduce_sum(flat, self.dist)
-        flat = (flat[:-1] / flat[-1]).tolist()
+        means = (flat[:-1] / flat[-1]).tolist()
         record: dict[str, Any] = {"split": split, "step": self.global_step, "epoch": self.epoch}
         pos = 0
         for k in keys:
             size = sums[k].numel()
-            vals = flat[pos:pos + size]
+            vals = means[pos:pos + size]
             pos += size
             record[k] = vals if sums[k].dim() > 0 else vals[0]
         if "correct" in record and "valid" in record:  # pool accuracy over tokens, not over batches
