@@ -73,3 +73,23 @@ def tiny_target_dir(tmp_path_factory, smollm2_tokenizer):
     model.save_pretrained(out)
     smollm2_tokenizer.save_pretrained(out)
     return str(out)
+
+
+#: the words of the tiny chat data sets the training tests write
+ANSWER_WORDS = "the cat sat on a mat and then ran to the big red house near river".split()
+
+
+@pytest.fixture(scope="session")
+def boosted_target_dir(tiny_target_dir, tmp_path_factory, smollm2_tokenizer):
+    """The tiny target with its lm_head rows of the answer words scaled up, so that the teacher's argmax
+    usually lies in a small draft vocab (a purely random 49k-vocab target almost never does)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_target_dir)
+    ids = sorted({i for w in ANSWER_WORDS for i in smollm2_tokenizer(" " + w + " " + w)["input_ids"]})
+    with torch.no_grad():
+        model.lm_head.weight[ids] *= 60
+    out = tmp_path_factory.mktemp("boosted_target")
+    model.save_pretrained(out)
+    smollm2_tokenizer.save_pretrained(out)
+    return str(out)

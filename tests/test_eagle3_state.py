@@ -86,7 +86,12 @@ def test_config_is_validated_on_construction(over, msg):
 
 
 def test_config_conventions():
-    from specforge.eagle3.config import aux_layer_ids, default_draft_vocab_size, from_sglang_ids, to_sglang_ids
+    from specforge.eagle3.config import (
+        aux_layer_ids,
+        default_draft_vocab_size,
+        from_sglang_ids,
+        to_sglang_ids,
+    )
 
     assert default_draft_vocab_size(49152) == 32000 and default_draft_vocab_size(512) == 512
     assert aux_layer_ids(30) == [2, 15, 27]

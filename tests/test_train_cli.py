@@ -14,23 +14,12 @@ import torch
 from specforge.cli import main
 from specforge.train.trackers import read_metrics
 
-WORDS = "the cat sat on a mat and then ran to the big red house near river".split()
+from conftest import ANSWER_WORDS as WORDS
 
 
 @pytest.fixture(scope="module")
-def target_dir(tiny_target_dir, tmp_path_factory, smollm2_tokenizer):
-    """The tiny target with its lm_head rows of the answer words scaled up, so that the teacher's argmax
-    usually lies in a small draft vocab (a purely random 49k-vocab target almost never does)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_target_dir)
-    ids = sorted({i for w in WORDS for i in smollm2_tokenizer(" " + w + " " + w)["input_ids"]})
-    with torch.no_grad():
-        model.lm_head.weight[ids] *= 60
-    out = tmp_path_factory.mktemp("boosted_target")
-    model.save_pretrained(out)
-    smollm2_tokenizer.save_pretrained(out)
-    return str(out)
+def target_dir(boosted_target_dir):
+    return boosted_target_dir
 
 
 def write_chats(path, n, seed=0):

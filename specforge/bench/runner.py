@@ -139,7 +139,7 @@ def _eos_ids(target, tokenizer) -> set[int]:
 
 def _load_draft(opts: BenchOptions, target, device, dtype):
     """-> (make_drafter(prompts, refs) or None, aux layer ids or None, description)."""
-    from specforge.modeling.target import aux_layer_ids
+    from specforge.eagle3.config import VLLM_IDS_FIELD, aux_layer_ids
 
     path = opts.draft_path
     cfg = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
@@ -164,7 +164,7 @@ def _load_draft(opts: BenchOptions, target, device, dtype):
         eagle.load_embedding(target.get_input_embeddings().weight)
         eagle.to(device=device, dtype=dtype).eval().requires_grad_(False)
         # draft_aux: HF hidden_states indices (= vLLM's top-level field); the one function decides
-        aux = aux_layer_ids(layers, {"eagle_aux_hidden_state_layer_ids": draft_aux} if draft_aux else None)
+        aux = aux_layer_ids(layers, {VLLM_IDS_FIELD: draft_aux} if draft_aux else None)
     if path.startswith("oracle"):
         if opts.temperature > 0:
             raise SpecforgeError("--speculative-draft-model-path oracle needs --temperature 0 (it proposes the "

@@ -85,19 +85,33 @@ def config_dict(config: Any) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
 
 
+def written_aux_ids(cfg: dict) -> tuple[list[int] | None, list[int] | None]:
+    """The aux ids as written in a config: ``(SGLang's eagle_config field, vLLM's top-level field)``."""
+    sg = (cfg.get(SGLANG_IDS_FIELD[0]) or {}).get(SGLANG_IDS_FIELD[1])
+    top = cfg.get(VLLM_IDS_FIELD)
+    return (list(sg) if sg else None), (list(top) if top else None)
+
+
+def aux_id_fields(ids: list[int], sglang: bool = True) -> dict[str, Any]:
+    """The config fields that give ``hidden_states`` ids ``ids`` to each engine in its own convention
+    (``sglang=False``: vLLM's field only, as in a speculators config)."""
+    out: dict[str, Any] = {}
+    if sglang:
+        out[SGLANG_IDS_FIELD[0]] = {SGLANG_IDS_FIELD[1]: to_sglang_ids(ids), "use_aux_hidden_state": True}
+    out[VLLM_IDS_FIELD] = list(ids)  # vLLM reads this first, "input of layer i"
+    return out
+
+
 def aux_ids_from_config(cfg: dict, speculators: bool = False) -> list[int] | None:
     """The aux ids written in a draft config, as ``hidden_states`` indices (None = defaults).
 
     A speculators config carries only vLLM's top-level field; a plain config prefers SGLang's
     ``eagle_config`` field (specforge writes it), else the top-level field.
     """
-    top = cfg.get(VLLM_IDS_FIELD)
+    sg, top = written_aux_ids(cfg)
     if speculators:
-        return list(top) if top else None
-    sg = (cfg.get(SGLANG_IDS_FIELD[0]) or {}).get(SGLANG_IDS_FIELD[1])
-    if sg:
-        return from_sglang_ids(list(sg))
-    return list(top) if top else None
+        return top
+    return from_sglang_ids(sg) if sg else top
 
 
 def aux_layer_ids(num_layers: int, draft_config: Any = None) -> list[int]:
@@ -110,9 +124,8 @@ def aux_layer_ids(num_layers: int, draft_config: Any = None) -> list[int]:
     cfg = config_dict(draft_config)
     speculators = cfg.get("speculators_model_type") is not None
     ids = aux_ids_from_config(cfg, speculators)
-    top = cfg.get(VLLM_IDS_FIELD)
-    sg = (cfg.get(SGLANG_IDS_FIELD[0]) or {}).get(SGLANG_IDS_FIELD[1])
-    if not speculators and top and sg and list(top) != from_sglang_ids(list(sg)):
+    sg, top = written_aux_ids(cfg)
+    if not speculators and top and sg and top != from_sglang_ids(sg):
         raise SpecforgeError(
             f"draft config: eagle_config.eagle_aux_hidden_state_layer_ids {list(sg)} (output of layer i) and "
             f"top-level eagle_aux_hidden_state_layer_ids {list(top)} (input of layer i) name different layers; "

@@ -182,6 +182,16 @@ def _head_soft_ce(draft: Eagle3DraftModel, h: torch.Tensor, teacher: torch.Tenso
     return (ce * w).sum(), ce.detach(), logp.detach().argmax(-1), acc
 
 
+def accept_length(acc: list[float]) -> float:
+    """Simulated chain acceptance length ``1 + sum_k prod_{j<=k} acc_j`` (bonus token included) from pooled
+    per-step accuracies; what train and eval records report as ``accept_len`` / ``sim_tau``."""
+    total, run = 1.0, 1.0
+    for a in acc:
+        run *= float(a)
+        total += run
+    return total
+
+
 def ttt_input_ids(input_ids: torch.Tensor, step: int) -> torch.Tensor:
     """Step ``i``'s input ids ``[B,L]``: ``input_ids[t+i+1]`` (past the end: the last id, never valid)."""
     L = input_ids.shape[1]

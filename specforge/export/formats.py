@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from specforge.eagle3.config import aux_id_fields
 from specforge.errors import SpecforgeError
 from specforge.export import spec
 from specforge.export.source import (  # noqa: F401  (re-exported: the builders' types)
@@ -145,9 +146,7 @@ def _plain(layout: str, src: DraftSource, target: TargetInfo | None, opts: Expor
     ids = _check_ids(src.aux_ids, target)
     cfg = model_config(src, dtype)
     if ids is not None:
-        cfg["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": spec.to_sglang_ids(ids),
-                               "use_aux_hidden_state": True}
-        cfg["eagle_aux_hidden_state_layer_ids"] = list(ids)  # vLLM reads this first, "input of layer i"
+        cfg.update(aux_id_fields(ids))
     return ExportPlan(layout, cfg, _cast(src, dtype), _manifest(layout, src, target, ids, dtype))
 
 
@@ -192,7 +191,7 @@ def build_vllm_speculators(src: DraftSource, target: TargetInfo | None, opts: Ex
         },
     }
     if ids is not None:
-        cfg["eagle_aux_hidden_state_layer_ids"] = list(ids)  # vLLM convention == specforge's
+        cfg.update(aux_id_fields(ids, sglang=False))  # speculators configs carry vLLM's field only
     tensors = spec.rename_layer(_cast(src, dtype), "midlayer.", spec.layer_prefix("vllm-speculators"))
     return ExportPlan("vllm-speculators", cfg, tensors, _manifest("vllm-speculators", src, target, ids, dtype))
 

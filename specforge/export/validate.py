@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from specforge.eagle3.auto import AutoDraftModelConfig
-from specforge.eagle3.config import ENGINE_SUPPORT
+from specforge.eagle3.config import ENGINE_SUPPORT, written_aux_ids
 from specforge.errors import SpecforgeError
 from specforge.export import spec
 from specforge.export.report import FAIL, PASS, SKIP, WARN, Check, Report
@@ -180,8 +180,7 @@ def _check_norm(cfg: dict, flat: dict, layout: str) -> Check:
 
 def _check_aux_ids(cfg: dict, layout: str, manifest: dict | None, target) -> Check:
     name = "aux layer ids"
-    top = cfg.get("eagle_aux_hidden_state_layer_ids")
-    sg = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    sg, top = written_aux_ids(cfg)
     info = spec.LAYOUT_INFO[layout]
     plain = not info.speculators
     ours = spec.specforge_aux_ids(cfg, layout)

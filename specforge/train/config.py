@@ -27,8 +27,25 @@ class DataOptions:
     num_proc: int = 1
 
 
-@dataclass
-class TrainRunConfig:
+@dataclass(kw_only=True)
+class LoopSettings:
+    """The training loop's schedule and cadence: what the run configuration and the loop config share."""
+
+    num_epochs: int = 1
+    batch_size: int = 1
+    accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    total_steps: int | None = None
+    warmup_ratio: float = 0.02
+    max_grad_norm: float = 0.5
+    seed: int = 0
+    save_interval: int = 0
+    eval_interval: int = 0
+    log_interval: int = 1
+
+
+@dataclass(kw_only=True)
+class TrainRunConfig(LoopSettings):
     """Everything ``specforge train`` was asked to do; validated on construction (one clear line)."""
 
     # models
@@ -46,20 +63,8 @@ class TrainRunConfig:
     max_length: int = 2048
     cache_dir: str = "./cache"
     num_proc: int = 1
-    # optimisation
+    # optimisation, checkpoints, evaluation, logging (schedule and cadence: LoopSettings)
     output_dir: str | None = None
-    num_epochs: int = 1
-    batch_size: int = 1
-    accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    total_steps: int | None = None
-    warmup_ratio: float = 0.02
-    max_grad_norm: float = 0.5
-    seed: int = 0
-    # checkpoints, evaluation, logging
-    save_interval: int = 0
-    eval_interval: int = 0
-    log_interval: int = 1
     resume: str | None = None
     overwrite: bool = False
     report_to: str = "none"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import fields
 from pathlib import Path
 
 from specforge.errors import SpecforgeError
-from specforge.train.config import TrainRunConfig
+from specforge.train.config import LoopSettings, TrainRunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +139,8 @@ def run_training(args: TrainRunConfig):
 
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         cfg = TrainConfig(
-            output_dir=output_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
-            accumulation_steps=args.accumulation_steps, learning_rate=args.learning_rate,
-            total_steps=args.total_steps, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm,
-            seed=args.seed, save_interval=args.save_interval, eval_interval=args.eval_interval,
-            log_interval=args.log_interval, device=device, dtype=dtype, pad_token_id=pad_id,
+            **{f.name: getattr(args, f.name) for f in fields(LoopSettings)},
+            output_dir=output_dir, device=device, dtype=dtype, pad_token_id=pad_id,
             run_config={k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
         )
         Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,12 @@ from typing import Any
 import torch
 
 from specforge.data.collate import pad_batch, row_lengths
+from specforge.eagle3.ttt import accept_length
 from specforge.errors import SpecforgeError
 from specforge.train import checkpoint as ckpt
 from specforge.train import sharded
 from specforge.train.batching import epoch_batches, group_batches
+from specforge.train.config import LoopSettings
 from specforge.train.dist import DistInfo, all_reduce_sum, barrier
 from specforge.train.plot import PLOT_FILE, plot_metrics
 from specforge.train.schedule import build_scheduler
@@ -34,36 +36,17 @@ from specforge.train.trackers import MetricsLog, Tracker
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    """Loop settings (the CLI maps its flags onto these)."""
+@dataclass(kw_only=True)
+class TrainConfig(LoopSettings):
+    """Loop settings: the schedule and cadence (:class:`LoopSettings`, shared with the run configuration)
+    plus where and how the loop runs."""
 
     output_dir: str
-    num_epochs: int = 1
-    batch_size: int = 1
-    accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    total_steps: int | None = None
-    warmup_ratio: float = 0.02
-    max_grad_norm: float = 0.5
-    seed: int = 0
-    save_interval: int = 0
-    eval_interval: int = 0
-    log_interval: int = 1
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     pad_token_id: int = 0
     progress: bool = True
     run_config: dict = field(default_factory=dict)  # recorded in the trainer state (for humans)
-
-
-def accept_length(acc: list[float]) -> float:
-    """Simulated chain acceptance length ``1 + sum_k prod_{j<=k} acc_j`` (bonus token included)."""
-    total, run = 1.0, 1.0
-    for a in acc:
-        run *= float(a)
-        total += run
-    return total
 
 
 class Trainer:
