@@ -11,7 +11,9 @@ excluded).
 Modes: ``fp32`` (``--dtype float32``), ``bf16`` (``--dtype bfloat16``, = ``auto`` on a bf16 CPU),
 ``bf16-frozen`` (+ ``--freeze-lm-head``), ``fp32-frozen``, and ``bf16-offline`` / ``bf16-frozen-offline``:
 ``specforge prepare-hidden-states`` first (its dump rate and the store's bytes per token are reported), then
-``specforge train --hidden-states-path`` (no target forward in the loop).
+``specforge train --hidden-states-path`` (no target forward in the loop). Each mode also exists with a
+``-8k`` suffix: the same with the recipe's draft vocab of 8192 (``--draft-vocab-size 8192``; a draft head half
+the size). Ratios are against ``fp32`` (draft vocab 16384) of the same length.
 
     python benchmarks/bench_train_e2e.py --lengths 512 2048 --steps 6 --markdown /tmp/e2e.md
 """
@@ -33,6 +35,9 @@ FLAGS = {"fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
          "bf16-frozen": ["--dtype", "bfloat16", "--freeze-lm-head"],
          "fp32-frozen": ["--dtype", "float32", "--freeze-lm-head"],
          "bf16-offline": ["--dtype", "bfloat16"], "bf16-frozen-offline": ["--dtype", "bfloat16", "--freeze-lm-head"]}
+# the same modes with the recipe's 8K draft vocab (examples/run_smollm2_eagle3.sh): a smaller draft head
+FLAGS.update({f"{m}-8k": f for m, f in list(FLAGS.items())})
+RECIPE_VOCAB = 8192
 
 
 def run_one(data: str, work: Path, length: int, mode: str, steps: int, threads: int, extra: list[str]) -> dict:
@@ -43,9 +48,11 @@ def run_one(data: str, work: Path, length: int, mode: str, steps: int, threads: 
     out = work / f"out-{length}-{mode}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     common = ["--draft-model-config", str(CONFIG), "--dtype", "bfloat16" if "bf16" in mode else "float32"]
+    if mode.endswith("-8k"):
+        common += ["--draft-vocab-size", str(RECIPE_VOCAB)]
     source, dump = ["--train-data-path", data, "--cache-dir", str(work / "cache"), "--max-length", str(length)], {}
-    if mode.endswith("-offline"):
-        hs = work / f"hs-{length}"
+    if mode.removesuffix("-8k").endswith("-offline"):
+        hs = work / f"hs-{length}{'-8k' if mode.endswith('-8k') else ''}"
         cmd = [sys.executable, "-m", "specforge", "prepare-hidden-states", *source, *common, "--output-dir", str(hs),
                "--no-progress"]
         t0 = time.perf_counter()
@@ -58,7 +65,7 @@ def run_one(data: str, work: Path, length: int, mode: str, steps: int, threads: 
         # the wall time includes loading the target (a fixed cost) - the rate is a lower bound
         dump = {"dump_tokens_per_s": tokens / (time.perf_counter() - t0), "store_bytes_per_token": size / tokens}
         source = ["--hidden-states-path", str(hs)]
-    cmd = [sys.executable, "-m", "specforge", "train", *source, "--draft-model-config", str(CONFIG),
+    cmd = [sys.executable, "-m", "specforge", "train", *source, *common[:2], *common[4:],
            "--output-dir", str(out), "--batch-size", "1",
            "--total-steps", str(steps), "--log-interval", "1", "--seed", "0", *FLAGS[mode], *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)

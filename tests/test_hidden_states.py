@@ -16,7 +16,18 @@ def prepare_argv(target_dir, data, out, *extra):  # noqa: F811
             "--draft-vocab-size", "256", "--max-length", "64", "--dtype", "float32", "--no-progress", *extra]
 
 
-def test_offline_training_equals_online(target_dir, data, tmp_path):  # noqa: F811
+def test_offline_training_equals_online(target_dir, data, tmp_path, monkeypatch):  # noqa: F811
+    from specforge.modeling import loading
+
+    loads = []
+    real_load = loading.load_target_model
+
+    def spy(*a, **kw):
+        model = real_load(*a, **kw)
+        loads.append((kw.get("head_only", False), model.config.num_hidden_layers))
+        return model
+
+    monkeypatch.setattr(loading, "load_target_model", spy)
     store = tmp_path / "hs"
     assert main(prepare_argv(target_dir, data, store, "--storage-dtype", "float32", "--shard-size", "4")) == 0
     assert sorted(p.name for p in store.iterdir()) == ["eval-00000.safetensors", "meta.json", "train-00000.safetensors",
@@ -26,8 +37,13 @@ def test_offline_training_equals_online(target_dir, data, tmp_path):  # noqa: F8
     off = [a for a in argv(target_dir, data, tmp_path / "offline", *common)
            if a not in (data["train"], data["eval"], "--train-data-path", "--eval-data-path")]
     assert main([*off, "--hidden-states-path", str(store)]) == 0
+    # online runs the whole target; offline reads only its embedding, final norm and lm_head
+    assert loads[-1] == (True, 0) and loads[-2][0] is False and loads[-2][1] > 0
     a, b = train_losses(tmp_path / "online"), train_losses(tmp_path / "offline")
     assert len(a) == 2
+    ta = [r for r in read_metrics(tmp_path / "online" / "metrics.jsonl") if r["split"] == "train"]
+    tb = [r for r in read_metrics(tmp_path / "offline" / "metrics.jsonl") if r["split"] == "train"]
+    torch.testing.assert_close(torch.tensor([r["acc"] for r in tb]), torch.tensor([r["acc"] for r in ta]))
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
     ea = [r for r in read_metrics(tmp_path / "online" / "metrics.jsonl") if r["split"] == "eval"]
     eb = [r for r in read_metrics(tmp_path / "offline" / "metrics.jsonl") if r["split"] == "eval"]
@@ -65,3 +81,16 @@ def test_missing_store_is_one_clear_error(target_dir, data, tmp_path, capsys):  
     assert main([*off, "--train-data-path", data["train"]]) != 0
     assert "replaces --train-data-path" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_head_only_target_matches_the_full_one(target_dir):  # noqa: F811
+    from specforge.modeling.loading import load_target_model
+
+    full = load_target_model(target_dir, dtype="float32")
+    head = load_target_model(target_dir, dtype="float32", head_only=True)
+    assert head.config.num_hidden_layers == 0 and len(head.model.layers) == 0
+    assert head.config.source_num_hidden_layers == full.config.num_hidden_layers
+    for get in (lambda m: m.get_input_embeddings().weight, lambda m: m.get_output_embeddings().weight,
+                lambda m: m.model.norm.weight):
+        torch.testing.assert_close(get(head), get(full), rtol=0, atol=0)
+    assert sum(p.numel() for p in head.parameters()) < sum(p.numel() for p in full.parameters())

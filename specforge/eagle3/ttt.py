@@ -53,7 +53,9 @@ class TeacherTargets:
 def teacher_from_logits(logits: torch.Tensor, t2d: torch.Tensor, chunk: int = 256) -> TeacherTargets:
     """Build :class:`TeacherTargets` from full target logits ``[B,L,V]`` and ``t2d [V]`` bool (row chunks)."""
     B, L, V = logits.shape
-    return _teacher(lambda s: logits.reshape(B * L, V)[s], B, L, t2d, chunk, logits.device)
+    # _teacher works in place on its rows: copies, never views of the caller's logits
+    return _teacher(lambda s: logits.reshape(B * L, V)[s].to(torch.float32, copy=True), B, L, t2d, chunk,
+                    logits.device)
 
 
 def teacher_positions(loss_mask: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -88,15 +90,18 @@ def _teacher(rows, B, L, t2d, chunk, device, sel=None) -> TeacherTargets:
     mass = alloc(B * L, dtype=torch.float32, device=device)
     ids = alloc(B * L, dtype=torch.long, device=device)
     n = B * L if sel is None else sel.numel()
+    d_idx = t2d.nonzero().flatten()  # draft vocab columns, ascending (= z[:, t2d])
     for s in range(0, n, chunk):
         idx = slice(s, s + chunk) if sel is None else sel[s:s + chunk]
-        z = rows(idx).float()  # [c,V]
-        ids[idx] = z.argmax(-1)
-        lse = torch.logsumexp(z, -1, keepdim=True)
-        zd = z[:, t2d]
-        lse_d = torch.logsumexp(zd, -1, keepdim=True)
-        probs[idx] = torch.exp(zd - lse_d)
-        mass[idx] = torch.exp(lse_d - lse).squeeze(-1)
+        z = rows(idx).float()  # [c,V], a fresh tensor: worked on in place
+        zd = z.index_select(1, d_idx)  # [c,Vd]
+        zmax, zarg = z.max(-1, keepdim=True)  # max and argmax in one pass
+        ids[idx] = zarg.view(-1)
+        lse = z.sub_(zmax).exp_().sum(-1, keepdim=True).log_().add_(zmax)
+        dmax = zd.amax(-1, keepdim=True)
+        dsum = zd.sub_(dmax).exp_().sum(-1, keepdim=True)
+        probs[idx] = zd.div_(dsum)
+        mass[idx] = (dsum.log() + dmax - lse).exp_().squeeze(-1)
     in_draft = t2d[ids]
     if sel is not None:
         in_draft &= torch.zeros_like(in_draft).index_fill_(0, sel, True)
@@ -132,22 +137,31 @@ class _FusedHeadSoftCE(torch.autograd.Function):
         c = min(step, N)
         pbuf = torch.empty(c, Vd, dtype=teacher.dtype, device=x.device)
         zbuf = torch.empty(c, Vd, dtype=torch.float32, device=x.device)
+        qbuf = torch.empty(c, Vd, dtype=torch.float32, device=x.device)
         for s in range(0, N, step):
             xc = xl[s:s + step]
             r = rows[s:s + step]
-            p = torch.index_select(teacher, 0, r, out=pbuf[:r.numel()])  # [c,Vd], reused buffer
+            n = r.numel()
+            p = torch.index_select(teacher, 0, r, out=pbuf[:n])  # [c,Vd], reused buffer
             if lowp is None:
-                logp = torch.mm(xc, Wc.T, out=zbuf[:r.numel()])
+                z = torch.mm(xc, Wc.T, out=zbuf[:n])
             else:
-                logp = zbuf[:r.numel()].copy_(torch.mm(xc, Wc.T))
-            arg[s:s + step] = logp.argmax(-1)
-            logp -= torch.logsumexp(logp, -1, keepdim=True)
-            # row-wise dot products through bmm: no [c,Vd] temporaries
-            ce[s:s + step] = -torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)
-            q = logp.exp_()  # draft probabilities, in place
-            pm = p * mass[s:s + step, None]
+                z = zbuf[:n].copy_(torch.mm(xc, Wc.T))
+            # softmax in few passes over [c,Vd] (these elementwise passes cost about as much as the GEMMs):
+            # max and argmax in one pass, shift in place, exp into a reused buffer, normalise in place
+            zmax, zarg = z.max(-1, keepdim=True)
+            arg[s:s + step] = zarg.view(-1)
+            z.sub_(zmax)
+            q = torch.exp(z, out=qbuf[:n])
+            zsum = q.sum(-1, keepdim=True)
+            # CE = -sum_v p_v (z_v - log zsum) = log zsum - p.z (teacher rows sum to 1); row dots through bmm,
+            # kept in fp32 (autocast would run bmm in bf16: a loss off by ~1e-2)
+            with torch.autocast(dev, enabled=False):
+                pz = torch.bmm(p[:, None, :], z[:, :, None]).view(-1)
+            ce[s:s + step] = zsum.log().view(-1) - pz
+            q.div_(zsum)  # draft probabilities
+            pm = torch.mul(p, mass[s:s + step, None], out=z)  # z is spent: its buffer holds p * mass
             acc[s:s + step] = torch.minimum(pm, q, out=pm).sum(-1)
-            del pm
             if need:
                 g = q.sub_(p).mul_(w[s:s + step, None]).to(xc.dtype)  # d loss / d logits (p sums to 1)
                 if grad_x is not None:

@@ -199,15 +199,38 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def load_target_model(name_or_path: str, dtype=None, device: str = "cpu"):
-    """Load a causal LM target in eval mode with gradients disabled on its parameters."""
+def load_target_model(name_or_path: str, dtype=None, device: str = "cpu", head_only: bool = False):
+    """Load a causal LM target in eval mode with gradients disabled on its parameters.
+
+    ``head_only``: build it with no decoder layers, so only the input embedding, the final norm and the
+    lm_head are read from the checkpoint (what offline training needs: the draft's embedding and the
+    teacher's head, never a forward pass). ``config.num_hidden_layers`` is then 0; the real count stays in
+    ``config.source_num_hidden_layers``.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
     if isinstance(dtype, str) or dtype is None:
         dtype = resolve_dtype(dtype, device)
-    model = _from_pretrained(AutoModelForCausalLM, name_or_path, path, dtype=dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if head_only:
+        cfg = load_config(name_or_path)
+        cfg.source_num_hidden_layers = cfg.num_hidden_layers
+        cfg.num_hidden_layers = 0
+        if isinstance(getattr(cfg, "layer_types", None), list):
+            cfg.layer_types = []
+        kwargs["config"] = cfg
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the skipped layer weights are meant to be skipped: no report
+        try:
+            model = _from_pretrained(AutoModelForCausalLM, name_or_path, path, **kwargs)
+        finally:
+            hf_logging.set_verbosity(level)
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, name_or_path, path, **kwargs)
     model.to(torch.device(device)).eval()
     model.requires_grad_(False)
     return model

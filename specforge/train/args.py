@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attention backend of the TTT unroll (eager, the memory-lean default, flex_attention; "
                         "'auto' = the memory-lean choice: sdpa on CPU, flex_attention on CUDA)")
     m.add_argument("--ttt-length", type=int, help="training-time-test unroll length K (loss weights 0.8^i)")
+    m.add_argument("--init-from",
+                   help="start the draft from these weights (a checkpoint dir such as OUTPUT/epoch_0, an exported draft "
+                        "dir, or a shipped draft's name) with a fresh optimizer and schedule: warm-start on new data. "
+                        "The draft keeps their config and vocab mapping (their config.json is the default "
+                        "--draft-model-config)")
     m.add_argument("--freeze-lm-head", action="store_true",
                    help="initialise the draft lm_head from the target's rows of the draft vocab (and its final norm "
                         "from the target's) and keep the lm_head frozen: less work per step")

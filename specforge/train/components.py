@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -135,6 +136,46 @@ def init_head_from_target(draft, target_model) -> None:
         norm.weight.copy_(tnorm.weight.to(norm.weight.dtype))
 
 
+def check_init_weights(init_dir, draft_config) -> None:
+    """``--init-from``: its tensors must be exactly what this draft config's checkpoint holds (names and shapes,
+    read from the safetensors header: nothing loaded) - checked before the dataset cache and the target."""
+    from safetensors import safe_open
+
+    from specforge.eagle3.state import checkpoint_tensors
+
+    want = {k: shape for k, (shape, _) in checkpoint_tensors(draft_config).items()}
+    f = Path(init_dir) / "model.safetensors"
+    try:
+        with safe_open(str(f), framework="pt") as h:
+            have = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}  # noqa: SIM118
+    except Exception as e:  # noqa: BLE001 - not a safetensors file, truncated header, ...
+        raise SpecforgeError(f"--init-from {init_dir}: {f} is not a readable safetensors file ({e}).") from None
+    problems = [f"missing {k}" for k in sorted(set(want) - set(have))]
+    problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
+    problems += [f"{k} has shape {have[k]}, the draft config gives {want[k]}" for k in sorted(set(want) & set(have))
+                 if have[k] != want[k]]
+    if problems:
+        raise SpecforgeError(f"--init-from {init_dir}: its weights do not fit the draft config ({'; '.join(problems[:3])}"
+                             f"{'; ...' if len(problems) > 3 else ''}); drop --draft-model-config/--draft-vocab-size "
+                             "to use the config saved with them.")
+
+
+@torch.no_grad()
+def init_draft_from(draft, init_dir, cache) -> None:
+    """``--init-from``: load a trained draft's weights into the fresh ``draft`` (strict: same config), keeping
+    their vocab mapping - the lm_head rows belong to it - even where this run's data would pick another; the
+    teacher is then restricted to that vocab. The frozen embedding stays the target's; a frozen lm_head stays
+    frozen (at the loaded rows)."""
+    from specforge.train.checkpoint import load_draft_weights
+
+    load_draft_weights(draft, init_dir)
+    if cache is not None and not torch.equal(draft.t2d.cpu(), cache.t2d.cpu()):
+        kept = int((draft.t2d.cpu() & cache.t2d.cpu()).sum())
+        logger.info("--init-from %s: keeping its draft vocab (%d of its %d tokens are in this data's vocab)",
+                    init_dir, kept, int(draft.t2d.sum()))
+    logger.info("draft initialised from %s (fresh optimizer and schedule)", init_dir)
+
+
 def build_ttt(draft, ttt_length: int, backend: str | None) -> torch.nn.Module:
     """The TTT unroll module (``specforge.eagle3.ttt.Eagle3TTT``) over ``draft``."""
     from specforge.eagle3.ttt import Eagle3TTT
@@ -160,9 +201,7 @@ def make_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Callable:
             out = target.generate_eagle3_data(ids, att)
             # the full-vocab teacher only where a TTT step reads it (after a supervised token)
             teacher = target.teacher(out, t2d, positions=teacher_positions(lm, att))
-        loss, m = model(ids, att, lm, out.aux_hidden, teacher)
-        return loss, {"correct": m["step_correct"], "valid": m["step_scored"], "pos_loss": m["step_loss"],
-                      "expected_accept": m["step_expected_accept"]}
+        return _loss_and_metrics(model(ids, att, lm, out.aux_hidden, teacher))
 
     return forward_fn
 
@@ -178,8 +217,15 @@ def make_offline_forward_fn(model: Callable, target, t2d: torch.Tensor) -> Calla
         with torch.no_grad():
             teacher = teacher_from_hidden(batch["last_hidden"].to(W.dtype), W, t2d,
                                           positions=teacher_positions(lm, att))
-        loss, m = model(ids, att, lm, batch["aux_hidden"], teacher)
-        return loss, {"correct": m["step_correct"], "valid": m["step_valid"], "pos_loss": m["step_loss"],
-                      "expected_accept": m["step_expected_accept"]}
+        return _loss_and_metrics(model(ids, att, lm, batch["aux_hidden"], teacher))
 
     return forward_fn
+
+
+def _loss_and_metrics(result) -> tuple:
+    """The TTT module's ``(loss, metrics)`` -> the trainer's: accuracy pooled over every scored position
+    (one whose teacher argmax is outside the draft vocab is a certain rejection at decode time, so it
+    counts as a miss), per-position loss and expected acceptance. Online and offline share it."""
+    loss, m = result
+    return loss, {"correct": m["step_correct"], "valid": m["step_scored"], "pos_loss": m["step_loss"],
+                  "expected_accept": m["step_expected_accept"]}

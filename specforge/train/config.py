@@ -55,6 +55,7 @@ class TrainRunConfig(LoopSettings):
     draft_attention_backend: str = "auto"
     ttt_length: int = 7
     freeze_lm_head: bool = False
+    init_from: str | None = None
     # data
     train_data_path: str | None = None
     eval_data_path: str | None = None
@@ -137,6 +138,9 @@ class TrainRunConfig(LoopSettings):
             raise SpecforgeError(f"--mem-frac must be in (0, 1] (got {self.mem_frac}).")
         if self.dist_timeout <= 0:
             raise SpecforgeError(f"--dist-timeout must be > 0 minutes (got {self.dist_timeout}).")
+        if self.init_from and self.resume:
+            raise SpecforgeError("--resume continues a run with its own weights and schedule; --init-from starts a new "
+                                 "run from other weights: pass one of them.")
         if self.overwrite and self.resume:
             raise SpecforgeError("--overwrite deletes the run that --resume would continue; pass one of them.")
         if self.eval_interval and not self.eval_data_path:

@@ -25,6 +25,20 @@ def _check_files(args: TrainRunConfig) -> None:
             raise SpecforgeError(f"{flag} {path}: file not found; check the path.")
 
 
+def _resolve_init(args: TrainRunConfig) -> Path | None:
+    """``--init-from``: the weights' directory (a path, or a shipped draft's name), checked before any model loads."""
+    if not args.init_from:
+        return None
+    from specforge.shipped_drafts import resolve_draft
+
+    init = Path(resolve_draft(args.init_from, "--init-from"))
+    for name in ("model.safetensors", "config.json"):
+        if not (init / name).is_file():
+            raise SpecforgeError(f"--init-from {args.init_from}: {init / name} not found; pass a checkpoint dir "
+                                 "(OUTPUT/epoch_<i> or step_<n>), an exported draft dir or a shipped draft's name.")
+    return init
+
+
 def _check_tp(args: TrainRunConfig, world_size: int, target_config) -> None:
     """``--tp-size`` must divide the torchrun world size and the target's heads, and name a registered
     TP target class (one clear line each, before any process group or model exists)."""
@@ -63,6 +77,7 @@ def run_training(args: TrainRunConfig):
     """Build everything from the run configuration and train; returns the last checkpoint path (or None)."""
     import torch
 
+    from specforge.eagle3.config import aux_layer_ids
     from specforge.modeling.loading import (
         DEFAULT_TARGET,
         load_config,
@@ -78,6 +93,8 @@ def run_training(args: TrainRunConfig):
         build_draft,
         build_draft_config,
         build_ttt,
+        check_init_weights,
+        init_draft_from,
         make_forward_fn,
         make_offline_forward_fn,
         open_hidden_states,
@@ -88,6 +105,7 @@ def run_training(args: TrainRunConfig):
     from specforge.train.trainer import TrainConfig, Trainer
 
     _check_files(args)
+    init_dir = _resolve_init(args)
     resolve_attention_backend(args.draft_attention_backend)  # fail fast on an unknown name
     check_tracker_available(args.report_to)
     from specforge.train.checkpoint import guard_output_dir, resolve_resume_dir
@@ -109,7 +127,10 @@ def run_training(args: TrainRunConfig):
     device = dist.rank_device(device, info)
     _apply_mem_frac(args, device)
     try:
-        draft_config = build_draft_config(args.draft_model_config, args.draft_vocab_size, target_config)
+        draft_config_file = args.draft_model_config or (str(init_dir / "config.json") if init_dir else None)
+        draft_config = build_draft_config(draft_config_file, args.draft_vocab_size, target_config)
+        if init_dir is not None:
+            check_init_weights(init_dir, draft_config)
 
         tokenizer = load_tokenizer(target_path)
         if not info.is_main:  # rank 0 tokenises; the others then hit its cache
@@ -122,13 +143,18 @@ def run_training(args: TrainRunConfig):
         logger.info("dataset cache %s: %d train rows%s", cache.path, len(cache.train),
                     f", {len(cache.eval)} eval rows" if cache.eval is not None else "")
 
-        if info.tp_size > 1:  # this rank's shards of the registered TP class, straight from safetensors
+        layer_ids = aux_layer_ids(int(target_config.num_hidden_layers), draft_config)
+        if offline:  # no target forward: only the embedding, final norm and lm_head are read
+            target_lm = load_target_model(target_path, dtype=dtype, device=device, head_only=True)
+        elif info.tp_size > 1:  # this rank's shards of the registered TP class, straight from safetensors
             target_lm = load_tp_target(target_path, info.tp_group, dtype=dtype, device=device)
         else:
             target_lm = load_target_model(target_path, dtype=dtype, device=device)
-        target = HFEagle3TargetModel(target_lm, draft_config=draft_config)
+        target = HFEagle3TargetModel(target_lm, layer_ids=layer_ids)
         torch.manual_seed(args.seed)  # the draft's initial weights depend on --seed only
         draft = build_draft(draft_config, target_lm, cache, device, freeze_lm_head=args.freeze_lm_head)
+        if init_dir is not None:
+            init_draft_from(draft, init_dir, cache)
         wrap = dist.wrap_fsdp if args.fsdp else dist.wrap_ddp
         model = wrap(build_ttt(draft, args.ttt_length, backend), device, info)
         if offline:
