@@ -9,8 +9,9 @@
 # Sizes (environment; defaults = the shipped draft's run): ROWS questions to regenerate (600), EVAL_ROWS of them
 # held out (40), REGEN_EPOCHS (3) and RAW_ROWS (900) for the training mix, EPOCHS over it (1), LR (1e-3),
 # DRAFT_VOCAB (8192), MAXLEN (768), DEVICE (cpu|cuda, default auto), THREADS for the regeneration (unset =
-# torch's choice; 1 on a machine shared with other jobs). On this 2-core CPU: regeneration ~35 questions/min,
-# training ~1 h.
+# torch's choice; 1 on a machine shared with other jobs), INIT_FROM (a checkpoint dir or a shipped draft's name,
+# e.g. smollm2-135m-instruct-eagle3: start from those weights with a fresh schedule instead of from scratch).
+# On this 2-core CPU: regeneration ~35 questions/min, training ~1 h.
 # On a GPU the same command runs unchanged (DEVICE=cuda).
 set -euo pipefail
 WORK=${1:-${SPECFORGE_RECIPE_DIR:-$HOME/specforge-recipe}}
@@ -99,7 +100,8 @@ PY
 fi
 
 echo "== 3/6 train (online, bf16 where supported; resumes from the newest checkpoint)"
-RESUME=(); ls -d "$WORK"/outputs/step_* >/dev/null 2>&1 && RESUME=(--resume)
+RESUME=(); [ -n "${INIT_FROM:-}" ] && RESUME=(--init-from "$INIT_FROM")
+ls -d "$WORK"/outputs/step_* >/dev/null 2>&1 && RESUME=(--resume)
 $PY scripts/train_eagle3_online.py \
     --target-model-path $MODEL --draft-vocab-size "$DRAFT_VOCAB" --ttt-length 7 --freeze-lm-head \
     --train-data-path "$WORK/dataset/train_mix.jsonl" \
