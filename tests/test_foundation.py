@@ -114,3 +114,21 @@ def test_default_model_loads_offline_by_alias(smollm2_dir):
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_atomic_results_get_ordinary_permissions(tmp_path):
+    """mkstemp/mkdtemp make private temporaries; the renamed results follow the umask like any other file."""
+    import os
+
+    from specforge.fileio import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "d", is_dir=True) as d:
+            (d / "x").write_text("1")
+        with atomic_path(tmp_path / "f.txt") as f:
+            f.write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
