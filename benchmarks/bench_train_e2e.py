@@ -11,9 +11,10 @@ excluded).
 Modes: ``fp32`` (``--dtype float32``), ``bf16`` (``--dtype bfloat16``, = ``auto`` on a bf16 CPU),
 ``bf16-frozen`` (+ ``--freeze-lm-head``), ``fp32-frozen``, and ``bf16-offline`` / ``bf16-frozen-offline``:
 ``specforge prepare-hidden-states`` first (its dump rate and the store's bytes per token are reported), then
-``specforge train --hidden-states-path`` (no target forward in the loop). Each mode also exists with a
-``-8k`` suffix: the same with the recipe's draft vocab of 8192 (``--draft-vocab-size 8192``; a draft head half
-the size). Ratios are against ``fp32`` (draft vocab 16384) of the same length.
+``specforge train --hidden-states-path`` (no target forward in the loop); ``bf16-frozen-offline-fp8`` is the
+latter from a ``--storage-dtype float8`` store (fp8 with per-token scales, half the bytes). Each mode also
+exists with a ``-8k`` suffix: the same with the recipe's draft vocab of 8192 (``--draft-vocab-size 8192``; a
+draft head half the size). Ratios are against ``fp32`` (draft vocab 16384) of the same length.
 
     python benchmarks/bench_train_e2e.py --lengths 512 2048 --steps 6 --markdown /tmp/e2e.md
 """
@@ -34,7 +35,8 @@ CONFIG = ROOT / "configs" / "smollm2-135m-eagle3.json"
 FLAGS = {"fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
          "bf16-frozen": ["--dtype", "bfloat16", "--freeze-lm-head"],
          "fp32-frozen": ["--dtype", "float32", "--freeze-lm-head"],
-         "bf16-offline": ["--dtype", "bfloat16"], "bf16-frozen-offline": ["--dtype", "bfloat16", "--freeze-lm-head"]}
+         "bf16-offline": ["--dtype", "bfloat16"], "bf16-frozen-offline": ["--dtype", "bfloat16", "--freeze-lm-head"],
+         "bf16-frozen-offline-fp8": ["--dtype", "bfloat16", "--freeze-lm-head"]}
 # the same modes with the recipe's 8K draft vocab (examples/run_smollm2_eagle3.sh): a smaller draft head
 FLAGS.update({f"{m}-8k": f for m, f in list(FLAGS.items())})
 RECIPE_VOCAB = 8192
@@ -51,10 +53,13 @@ def run_one(data: str, work: Path, length: int, mode: str, steps: int, threads: 
     if mode.endswith("-8k"):
         common += ["--draft-vocab-size", str(RECIPE_VOCAB)]
     source, dump = ["--train-data-path", data, "--cache-dir", str(work / "cache"), "--max-length", str(length)], {}
-    if mode.removesuffix("-8k").endswith("-offline"):
-        hs = work / f"hs-{length}{'-8k' if mode.endswith('-8k') else ''}"
+    base = mode.removesuffix("-8k")
+    fp8 = base.endswith("-fp8")
+    if base.removesuffix("-fp8").endswith("-offline"):
+        # one store per (length, vocab, storage dtype): a store refuses to be reused with another storage dtype
+        hs = work / f"hs-{length}{'-fp8' if fp8 else ''}{'-8k' if mode.endswith('-8k') else ''}"
         cmd = [sys.executable, "-m", "specforge", "prepare-hidden-states", *source, *common, "--output-dir", str(hs),
-               "--no-progress"]
+               "--no-progress", *(["--storage-dtype", "float8"] if fp8 else [])]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0:
@@ -108,18 +113,20 @@ def main() -> int:
             for mode in args.modes:
                 rows.append(run_one(data, work, L, mode, args.steps, args.threads, extra))
                 print(json.dumps(rows[-1]), flush=True)
-    lines = ["| max length | mode | s/step | trained tok/s | supervised tok/s | vs fp32 | loss (last step) |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [("| max length | mode | s/step | trained tok/s | supervised tok/s | vs fp32 | loss (last step) "
+              "| dump tok/s | store B/token |"),
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "failed" in r:
-            lines.append(f"| {r['length']} | {r['mode']} | failed (rc {r['failed']}) | | | | |")
+            lines.append(f"| {r['length']} | {r['mode']} | failed (rc {r['failed']}) | | | | | | |")
             continue
         base = next((b for b in rows if b["length"] == r["length"] and b["mode"] == "fp32" and "failed" not in b), None)
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else ""
+        # offline modes: the prepare step's rate and the store's size on disk (shards / tokens)
+        dump = (f"{r['dump_tokens_per_s']:.0f} | {r['store_bytes_per_token']:.0f}" if "dump_tokens_per_s" in r
+                else " | ")
         lines.append(f"| {r['length']} | {r['mode']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['supervised_tokens_per_s']:.0f} | {ratio} | {r['last_loss']:.3f} |")
-        if "dump_tokens_per_s" in r:
-            lines[-1] += f" dump {r['dump_tokens_per_s']:.0f} tok/s, {r['store_bytes_per_token']:.0f} B/token"
+                     f"{r['supervised_tokens_per_s']:.0f} | {ratio} | {r['last_loss']:.3f} | {dump} |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:

@@ -7,12 +7,18 @@ Layout of ``OUTPUT_DIR``::
     train-00000.safetensors ...   one shard = rows concatenated along tokens:
                                     input_ids int64 [T], loss_mask int8 [T], offsets int64 [n+1],
                                     aux_hidden [T, 3*Ht] and last_hidden [T, Ht] in the storage dtype
+                                    (float8: float8_e4m3fn plus aux_scale [T], last_scale [T] float32)
     eval-00000.safetensors ...    the same for the eval split, when the cache has one
 
 ``last_hidden`` is the target's final *normed* hidden state, not logits (49152 logits per token would be 40x
 bigger): training recomputes the teacher through the target's frozen lm_head, only at the positions the TTT
 reads. Every file is written under a temporary name and renamed into place, so a run that is interrupted
 leaves only whole shards, and re-running the same command skips them. No pickle anywhere.
+
+Storage ``float8`` halves the store of ``bfloat16``: each row (token) of ``aux_hidden`` and of ``last_hidden`` is
+scaled by its own ``amax(|row|) / 448`` into float8_e4m3fn (3 mantissa bits: at most 2^-4 relative error per
+element, plus 2^-10 of the scale near zero), and the reader multiplies the scale back in (to bfloat16, or
+float32 when asked), so the training code sees the same tensors as from any other store.
 """
 
 from __future__ import annotations
@@ -34,7 +40,13 @@ logger = logging.getLogger(__name__)
 FORMAT = "specforge-hidden-states/1"
 META_FILE = "meta.json"
 VOCAB_FILE = "vocab_mapping.safetensors"
-STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+# safetensors (>= 0.4, 0.8 here) saves and memory-maps float8_e4m3fn natively ("F8_E4M3"), so fp8 tensors are
+# stored as such, not as uint8 bytes.
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16, "float8": FP8}
+HIDDEN_KEYS = {"aux_hidden": "aux_scale", "last_hidden": "last_scale"}  # hidden tensor -> its per-token scale
+SCALE_DTYPE = torch.float32
 
 
 def shard_path(root: str | Path, split: str, index: int) -> Path:
@@ -42,8 +54,26 @@ def shard_path(root: str | Path, split: str, index: int) -> Path:
 
 
 def estimate_bytes(num_tokens: int, target_hidden: int, dtype: torch.dtype) -> int:
-    """Bytes of a store holding ``num_tokens`` tokens: 4 hidden vectors per token plus ids and masks."""
-    return num_tokens * (4 * target_hidden * torch.finfo(dtype).bits // 8 + 9)
+    """Bytes of a store holding ``num_tokens`` tokens: 4 hidden vectors per token plus ids and masks (and for
+    float8 the two per-token scales)."""
+    scales = len(HIDDEN_KEYS) * torch.finfo(SCALE_DTYPE).bits // 8 if dtype == FP8 else 0
+    return num_tokens * (4 * target_hidden * torch.finfo(dtype).bits // 8 + scales + 9)
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [T, H]`` -> ``(q [T, H] float8_e4m3fn, scale [T] float32)`` with ``x ~= q * scale[:, None]``: one scale
+    per row, ``amax(|row|) / 448`` (1 for an all-zero row), so each row uses the whole e4m3 range."""
+    x = x.float()
+    amax = x.abs().amax(-1)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    # the clamp: x / (amax / 448) may round a hair past 448, and an out-of-range cast gives NaN, not 448
+    q = (x / scale[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale.to(SCALE_DTYPE)
+
+
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Inverse of :func:`quantize_fp8`: ``q * scale[:, None]`` (computed in float32) in ``dtype``."""
+    return (q.float() * scale.float()[:, None]).to(dtype)
 
 
 def _splits(cache) -> list[tuple[str, Any]]:
@@ -56,7 +86,8 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
     """Run ``target`` (:class:`specforge.modeling.target.HFEagle3TargetModel`) once over every row of ``cache``
     (a :class:`specforge.data.cache.CacheResult`) and write the store; returns its ``meta``.
 
-    Resumable: shards already present are skipped (the meta must match, else one clear error)."""
+    Resumable: shards already present are skipped (the meta must match, storage dtype included, else one clear
+    error). ``storage_dtype`` ``float8`` quantises every token's row with :func:`quantize_fp8`."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -75,11 +106,18 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
             "cache": str(cache.path),
             "splits": {name: {"rows": len(ls), "tokens": int(sum(ls)), "shards": math.ceil(len(ls) / shard_rows)}
                        for name, ls in lengths.items()}}
+    if sdt == FP8:
+        meta["fp8"] = {"format": "float8_e4m3fn", "scale": "per token, amax(|row|) / 448, float32",
+                       "scales": HIDDEN_KEYS}
     if (root / META_FILE).is_file():
         old = json.loads((root / META_FILE).read_text(encoding="utf-8"))
-        if {k: v for k, v in old.items() if k != "cache"} != {k: v for k, v in meta.items() if k != "cache"}:
-            raise SpecforgeError(f"{root} holds hidden states of other inputs or settings; pass a new --output-dir "
-                                 "(or delete it) instead of mixing two stores.")
+        differ = sorted(k for k in set(old) | set(meta) if k != "cache" and old.get(k) != meta.get(k))
+        if differ:
+            was = "; ".join(f"{k} {old.get(k)!r} there, {meta.get(k)!r} now" for k in differ
+                            if k in ("storage_dtype", "shard_rows"))
+            raise SpecforgeError(f"{root} holds hidden states of other inputs or settings ({', '.join(differ)} "
+                                 f"differ{': ' + was if was else ''}); pass a new --output-dir (or delete it) "
+                                 "instead of mixing two stores.")
     total = sum(s["tokens"] for s in meta["splits"].values())
     logger.info("hidden states: %d rows, %d tokens -> about %.2f GiB in %s (%s)",
                 sum(s["rows"] for s in meta["splits"].values()), total,
@@ -103,13 +141,20 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
                     continue
                 parts: dict[str, list[torch.Tensor]] = {"input_ids": [], "loss_mask": [], "aux_hidden": [],
                                                         "last_hidden": []}
+                if sdt == FP8:
+                    parts.update({sk: [] for sk in HIDDEN_KEYS.values()})
                 for i in range(lo, hi):
                     ids = torch.as_tensor(rows[i]["input_ids"], dtype=torch.long).reshape(1, -1)
                     out = target.generate_eagle3_data(ids.to(device))
                     parts["input_ids"].append(ids[0])
                     parts["loss_mask"].append(torch.as_tensor(rows[i]["loss_mask"], dtype=torch.int8).reshape(-1))
-                    parts["aux_hidden"].append(out.aux_hidden[0].to("cpu", sdt))
-                    parts["last_hidden"].append(out.last_hidden[0].to("cpu", sdt))
+                    for k, x in (("aux_hidden", out.aux_hidden[0]), ("last_hidden", out.last_hidden[0])):
+                        if sdt == FP8:  # quantised where it was computed: a quarter of the fp32 bytes to move
+                            q, scale = quantize_fp8(x)
+                            parts[k].append(q.cpu())
+                            parts[HIDDEN_KEYS[k]].append(scale.cpu())
+                        else:
+                            parts[k].append(x.to("cpu", sdt))
                     bar.update(ids.shape[1])
                 tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
                 tensors["offsets"] = torch.tensor([0] + list(torch.tensor(ls[lo:hi]).cumsum(0).tolist()))
@@ -124,13 +169,22 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
 
 class HiddenStateRows:
     """One split of a store as a sequence of rows ``{input_ids [T], loss_mask [T], aux_hidden [T,3Ht],
-    last_hidden [T,Ht]}``; shards are memory-mapped and only the requested row is read."""
+    last_hidden [T,Ht]}``; shards are memory-mapped and only the requested row is read.
 
-    def __init__(self, root: str | Path, split: str = "train"):
+    The hidden states come in the storage dtype, except from a float8 store: those are dequantised (row times
+    its scale) to ``dequant_dtype`` (bfloat16 by default; float32 for fp32 training)."""
+
+    def __init__(self, root: str | Path, split: str = "train", dequant_dtype: torch.dtype = torch.bfloat16):
         from safetensors import safe_open
 
         self.root = Path(root)
         self.meta = read_meta(self.root)
+        storage = self.meta.get("storage_dtype")
+        if storage not in STORAGE_DTYPES:
+            raise SpecforgeError(f"{self.root}: storage dtype {storage!r} is not one this specforge reads "
+                                 f"({', '.join(STORAGE_DTYPES)}); re-run prepare-hidden-states with this version.")
+        self.fp8 = STORAGE_DTYPES[storage] == FP8
+        self.dequant_dtype = dequant_dtype
         info = self.meta["splits"].get(split)
         if info is None:
             raise SpecforgeError(f"{self.root} has no '{split}' hidden states; it holds {sorted(self.meta['splits'])}.")
@@ -157,7 +211,11 @@ class HiddenStateRows:
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s, a, b = self._rows[i]
         f = self._files[s]
-        return {k: f.get_slice(k)[a:b] for k in ("input_ids", "loss_mask", "aux_hidden", "last_hidden")}
+        row = {k: f.get_slice(k)[a:b] for k in ("input_ids", "loss_mask", "aux_hidden", "last_hidden")}
+        if self.fp8:
+            for k, sk in HIDDEN_KEYS.items():
+                row[k] = dequantize_fp8(row[k], f.get_slice(sk)[a:b], self.dequant_dtype)
+        return row
 
 
 def read_meta(root: str | Path) -> dict:
@@ -182,7 +240,8 @@ def read_vocab(root: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def collate_hidden_states(rows, pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad store rows: :func:`specforge.data.collate.pad_batch` plus ``aux_hidden [B,L,3Ht]`` and
-    ``last_hidden [B,L,Ht]`` (zeros on padding, storage dtype)."""
+    ``last_hidden [B,L,Ht]`` (zeros on padding, in the rows' dtype: the storage dtype, or the dequantised
+    one of a float8 store)."""
     from specforge.data.collate import pad_batch
 
     batch = pad_batch(rows, pad_token_id)

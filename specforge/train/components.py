@@ -78,17 +78,18 @@ def build_cache(data: DataOptions, target_path: str, draft_config, tokenizer):
         draft_vocab_size=int(draft_config.draft_vocab_size), num_proc=data.num_proc, tokenizer=tokenizer)
 
 
-def open_hidden_states(path: str):
+def open_hidden_states(path: str, dequant_dtype: torch.dtype = torch.bfloat16):
     """A hidden-state store (``specforge prepare-hidden-states``) in the shape of a dataset cache result:
-    ``train``/``eval`` row sequences, ``d2t``, ``t2d``, ``path``."""
+    ``train``/``eval`` row sequences, ``d2t``, ``t2d``, ``path``. A float8 store's hidden states are dequantised
+    to ``dequant_dtype``; other stores give theirs in the storage dtype."""
     from types import SimpleNamespace
 
     from specforge.data.hidden_states import HiddenStateRows, read_meta, read_vocab
 
     meta = read_meta(path)
     d2t, t2d = read_vocab(path)
-    ev = HiddenStateRows(path, "eval") if "eval" in meta["splits"] else None
-    return SimpleNamespace(train=HiddenStateRows(path, "train"), eval=ev, d2t=d2t, t2d=t2d, path=path)
+    ev = HiddenStateRows(path, "eval", dequant_dtype) if "eval" in meta["splits"] else None
+    return SimpleNamespace(train=HiddenStateRows(path, "train", dequant_dtype), eval=ev, d2t=d2t, t2d=t2d, path=path)
 
 
 def build_draft(draft_config, target_model, cache, device: str, freeze_lm_head: bool = False) -> Eagle3DraftModel:

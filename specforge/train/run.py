@@ -136,7 +136,9 @@ def run_training(args: TrainRunConfig):
         if not info.is_main:  # rank 0 tokenises; the others then hit its cache
             dist.barrier(info)
         offline = bool(args.hidden_states_path)
-        cache = (open_hidden_states(str(args.hidden_states_path)) if offline
+        # a float8 store is dequantised to bf16, or to fp32 when training in fp32 (no extra rounding)
+        cache = (open_hidden_states(str(args.hidden_states_path),
+                                    torch.float32 if dtype == torch.float32 else torch.bfloat16) if offline
                  else build_cache(args.data_options(), target_path, draft_config, tokenizer))
         if info.is_main:
             dist.barrier(info)
