@@ -40,11 +40,11 @@ def test_bench_end_to_end(tmp_path, tiny_target_dir, tiny_draft_dir, capsys):
     rc = main(["bench", "--model-path", tiny_target_dir, "--speculative-draft-model-path", tiny_draft_dir,
                "--config-list", "1,3,1,4", "2,3,2,4", "1,0,1,1", "--benchmark-list", "mtbench:1",
                "--max-new-tokens", "6", "--output", str(out), "--port", "20001", "--tp-size", "4",
-               "--mem-fraction-static", "0.8", "--trust-remote-code"])
+               "--mem-fraction-static", "0.8", "--trust-remote-code", "--hybrid-lookup"])
     assert rc == 0
     recs = _records(out)
-    # Vanilla at batch 1 and 2, three configs, prompt lookup.
-    assert len(recs) == 6
+    # Vanilla at batch 1 and 2, three configs, the two speculative ones again with lookup, prompt lookup.
+    assert len(recs) == 8
     for r in recs:
         assert FIELDS <= set(r)
         assert r["tokens_per_s"] > 0 and r["wall_time_s"] > 0 and r["new_tokens"] > 0
@@ -52,8 +52,9 @@ def test_bench_end_to_end(tmp_path, tiny_target_dir, tiny_draft_dir, capsys):
     assert by[("mtbench", "vanilla", "1,0,0,0")]["num_turns"] == 2  # MT-bench has 2 turns
     for bench in ("mtbench",):
         van = by[(bench, "vanilla", "1,0,0,0")]
-        for conf in ("1,3,1,4", "2,3,2,4"):
-            r = by[(bench, "eagle3", conf)]
+        for method, conf in [(m, c) for m in ("eagle3", "eagle3+lookup") for c in ("1,3,1,4", "2,3,2,4")]:
+            r = by[(bench, method, conf)]
+            assert 0.0 <= r["lookup_share"] <= 1.0 and (method == "eagle3+lookup" or r["lookup_share"] == 0.0)
             assert r["accept_length"] >= 1.0
             assert len(r["acceptance_rates"]) == 3 and len(r["accept_histogram"]) == 4
             assert sum(r["accept_histogram"]) == r["verifications"] >= r["verify_steps"] > 0

@@ -139,11 +139,14 @@ def test_regenerate_through_serve_equals_embedded(tmp_path, tiny_server, tiny_ta
     assert sorted(all_rows(tmp_path / "srv"), key=key) == sorted(all_rows(tmp_path / "emb"), key=key)
 
 
-def test_serve_with_a_draft_gives_the_plain_greedy_output(tiny_target_dir, tiny_draft_dir, tiny_gen):  # noqa: F811
+@pytest.mark.parametrize("hybrid", [False, True], ids=["eagle3", "eagle3+lookup"])
+def test_serve_with_a_draft_gives_the_plain_greedy_output(tiny_target_dir, tiny_draft_dir, tiny_gen, hybrid):  # noqa: F811
     from specforge.regen.server import create_app
     from specforge.regen.speculative import SpeculativeGenerator
 
-    spec = SpeculativeGenerator.load(tiny_target_dir, tiny_draft_dir, "2,3,2,4", device="cpu", dtype="float32")
+    spec = SpeculativeGenerator.load(tiny_target_dir, tiny_draft_dir, "2,3,2,4", device="cpu", dtype="float32",
+                                     hybrid_lookup=hybrid)
+    assert spec.hybrid_lookup is hybrid
     srv = ServerThread(create_app(spec, "tiny")).start()
     try:
         client = _client(srv)

@@ -20,7 +20,7 @@ from specforge.inference.decoder import (
     SpeculativeDecoder,
     _sync,
 )
-from specforge.inference.drafters import Drafter
+from specforge.inference.drafters import Drafter, LookupDrafter
 
 
 def truncate_at_eos(tokens: list[int], eos: set[int], pad: int | None) -> list[int]:
@@ -71,13 +71,13 @@ class HFGenerateMethod:
 class SpecMethod:
     """The built-in speculative decoder for one ``batch,steps,topk,tokens`` config.
 
-    make_drafter(prompts) builds a fresh drafter for a batch (None for steps 0).
+    make_drafter(prompts) builds a fresh drafter for a batch (None for steps 0); ``name`` is the method's
+    name in the records (``eagle3``, or ``eagle3+lookup`` for :class:`LookupDrafter` around the draft).
     """
 
-    name = "eagle3"
-
     def __init__(self, target, make_drafter: Callable[[list[list[int]]], Drafter | None], aux_ids,
-                 batch_size: int, cfg: SpecConfig, label: str):
+                 batch_size: int, cfg: SpecConfig, label: str, name: str = "eagle3"):
+        self.name = name
         self.target, self.make_drafter, self.aux_ids = target, make_drafter, aux_ids
         self.batch_size, self.cfg, self.label = batch_size, cfg, label
         self.config = {"batch_size": batch_size, "num_steps": cfg.num_steps, "topk": cfg.topk,
@@ -94,7 +94,10 @@ class SpecMethod:
     def generate(self, prompts: list[list[int]]) -> tuple[list[list[int]], DecodeStats]:
         """Speculatively decode one batch; stats include τ and per-position acceptance."""
         drafter = self.make_drafter(prompts) if self.cfg.num_steps > 0 else None
-        return SpeculativeDecoder(self.target, drafter, self.cfg, self.aux_ids).generate(prompts)
+        outs, st = SpeculativeDecoder(self.target, drafter, self.cfg, self.aux_ids).generate(prompts)
+        if isinstance(drafter, LookupDrafter):
+            st.lookup_steps = drafter.lookup_steps
+        return outs, st
 
 
 class ShadowDrafter(Drafter):

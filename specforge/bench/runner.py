@@ -21,7 +21,7 @@ from specforge.bench.report import RecordWriter, print_table, write_plots
 from specforge.errors import SpecforgeError
 from specforge.fileio import check_output_file
 from specforge.inference.decoder import DecodeStats, SpecConfig
-from specforge.inference.drafters import Eagle3Drafter, OracleDrafter
+from specforge.inference.drafters import Eagle3Drafter, LookupDrafter, OracleDrafter
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class BenchOptions:
     prompt_lookup_num_tokens: int = 10
     seed: int = 0
     plots: bool = True
+    hybrid_lookup: bool = False  # also run each speculative config as eagle3+lookup (LookupDrafter)
 
 
 def max_verify_tokens(num_steps: int, topk: int) -> int:
@@ -242,8 +243,9 @@ def run_bench(opts: BenchOptions) -> list[dict]:
         st = run_conversations(method, samples, tokenizer, opts.system_prompt, desc,
                                refs if method.name == "vanilla" else None)
         base = vanilla.get(method.batch_size)
-        spec = method.name == "eagle3" and method.cfg.num_steps > 0
-        timing = step_times(st, base if base is not None else st, method.batch_size, method.name == "eagle3", spec)
+        engine = isinstance(method, SpecMethod)
+        spec = engine and method.cfg.num_steps > 0
+        timing = step_times(st, base if base is not None else st, method.batch_size, engine, spec)
         rec = {
             "benchmark": bench, "num_samples": len(samples), "num_turns": sum(len(s.turns) for s in samples),
             "method": method.name, "config": method.config,
@@ -252,11 +254,12 @@ def run_bench(opts: BenchOptions) -> list[dict]:
             "accept_length": st.tau if spec else None,
             "acceptance_rates": st.acceptance_rates() if spec else None,
             "accept_histogram": st.histogram() if spec else None,
-            "verify_steps": st.verify_calls if method.name == "eagle3" else None,
-            "verifications": len(st.accept_lengths) if method.name == "eagle3" else None,
+            "verify_steps": st.verify_calls if engine else None,
+            "verifications": len(st.accept_lengths) if engine else None,
+            "lookup_share": st.lookup_steps / st.verify_calls if spec and st.verify_calls else None,
             "new_tokens": st.new_tokens, "prompt_tokens": st.prompt_tokens,
             "tokens_per_s": st.tokens_per_s, "wall_time_s": st.wall_s,
-            "target_time_s": st.target_s if method.name == "eagle3" else None,
+            "target_time_s": st.target_s if engine else None,
             "draft_time_s": st.draft_s if spec else None,
             **timing,
             "speedup": (base.wall_s / st.wall_s) if base is not None and st.wall_s > 0 else None,
@@ -286,6 +289,10 @@ def run_bench(opts: BenchOptions) -> list[dict]:
                                  eos_token_ids=tuple(sorted(eos)), seed=opts.seed)
                 make = (lambda prompts, _m=make_drafter: _m(prompts, refs)) if make_drafter else (lambda p: None)
                 measure(SpecMethod(target, make, aux_ids, b, cfg, f"{b},{s},{k},{t}"), bench, samples, vanilla)
+                if opts.hybrid_lookup and s > 0:
+                    hybrid = (lambda prompts, _m=make: LookupDrafter(_m(prompts)))
+                    measure(SpecMethod(target, hybrid, aux_ids, b, cfg, f"{b},{s},{k},{t}", name="eagle3+lookup"),
+                            bench, samples, vanilla)
             for name in extra_baselines:
                 if name == "prompt_lookup":
                     m = hf("prompt_lookup", f"n={opts.prompt_lookup_num_tokens}", 1,

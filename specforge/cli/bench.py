@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", nargs="*", default=["prompt_lookup"], choices=["prompt_lookup", "assisted"],
                         help="extra baselines (vanilla greedy always runs; assisted is added by --assistant-model)")
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="n-gram draft length of prompt lookup")
+    parser.add_argument("--hybrid-lookup", action="store_true",
+                        help="also run each speculative config as eagle3+lookup: where the context's last 2-3 tokens "
+                             "occurred before, propose what followed them (no draft forward), else draft")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--engine", default="builtin", choices=("builtin", "llamacpp"),
@@ -91,12 +94,15 @@ def run(args) -> int:
         system_prompt=args.system_prompt, device=args.device, dtype=args.dtype,
         assistant_model=args.assistant_model, baselines=list(args.baselines),
         prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, seed=args.seed, plots=not args.no_plots,
+        hybrid_lookup=args.hybrid_lookup,
     )
     if args.engine == "llamacpp":
         from specforge.bench.llamacpp import run_llamacpp_bench
 
         if args.assistant_model:
             raise SpecforgeError("--assistant-model is a built-in-engine baseline; drop it with --engine llamacpp.")
+        if args.hybrid_lookup:
+            raise SpecforgeError("--hybrid-lookup runs on the built-in decoder; drop it with --engine llamacpp.")
         run_llamacpp_bench(opts, args.target_gguf, args.llamacpp_threads)
         return 0
     run_bench(opts)

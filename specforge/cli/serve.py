@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the speculative decoder")
     parser.add_argument("--speculative-config", default="4,3,1,4",
                         help="batch_size,num_steps,topk,num_verify_tokens of the speculative decoder")
+    parser.add_argument("--hybrid-lookup", action="store_true",
+                        help="with a draft: where the context's last 2-3 tokens occurred before, propose what followed "
+                             "them (prompt lookup, no draft forward), else draft (see BENCHMARKS.md)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=30000, help="port to listen on")
     parser.add_argument("--batch-size", type=int, default=8, help="rows decoded together (no draft)")
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpecforgeError(f"--port must be in 1..65535 (got {args.port}).")
     if args.batch_size < 1:
         raise SpecforgeError(f"--batch-size must be >= 1 (got {args.batch_size}).")
+    if args.hybrid_lookup and not args.speculative_draft_model_path:
+        raise SpecforgeError("--hybrid-lookup combines prompt lookup with a draft: pass --speculative-draft-model-path.")
     if args.speculative_draft_model_path:
         from specforge.regen.speculative import SpeculativeGenerator, parse_spec_config
         from specforge.shipped_drafts import resolve_draft
@@ -56,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         args.speculative_draft_model_path = resolve_draft(args.speculative_draft_model_path,
                                                           "--speculative-draft-model-path")
         gen = SpeculativeGenerator.load(args.target_model_path, args.speculative_draft_model_path,
-                                        args.speculative_config, device=args.device, dtype=args.dtype)
+                                        args.speculative_config, device=args.device, dtype=args.dtype,
+                                        hybrid_lookup=args.hybrid_lookup)
     else:
         from specforge.regen.embedded import EmbeddedGenerator
 

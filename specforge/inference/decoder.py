@@ -83,6 +83,7 @@ class DecodeStats:
     prefill_s: float = 0.0
     verify_s: float = 0.0  # target time after the prefill (the verification forwards)
     draft_step_s: float = 0.0  # draft time after the prompt was committed (drafting + commits)
+    lookup_steps: int = 0  # verifications drafted by prompt lookup alone (LookupDrafter; the draft model idle)
 
     @property
     def tau(self) -> float:
@@ -115,7 +116,7 @@ class DecodeStats:
         self.num_steps = max(self.num_steps, other.num_steps)
         self.accept_lengths += other.accept_lengths
         for name in ("new_tokens", "prompt_tokens", "verify_calls", "wall_s", "target_s", "draft_s", "prefill_s",
-                     "verify_s", "draft_step_s"):
+                     "verify_s", "draft_step_s", "lookup_steps"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 

@@ -244,3 +244,110 @@ class Eagle3Drafter(Drafter):
         self.lengths = self.lengths[idx]
         self.last_hidden = self.last_hidden[idx]
         self.last_pos = self.last_pos[idx]
+
+
+class LookupDrafter(Drafter):
+    """Prompt lookup first, a draft model otherwise (``eagle3+lookup`` in ``bench``; ``--hybrid-lookup``).
+
+    When a row's context ends with an n-gram (``max_ngram`` down to ``min_ngram`` tokens) that occurred
+    earlier in that row's prompt or output, the continuation of its most recent earlier occurrence is
+    proposed (log-prob 0: it outranks every drafted node); otherwise ``fallback`` drafts as usual. When
+    every row of a chain (``topk = 1``) has a match the fallback does not run at all, so those steps cost
+    only the verification. The fallback's commits are buffered and sent in one call when it next drafts
+    (or when rows leave the batch), so lookup steps do not pay for them either. ``fallback=None`` is plain
+    prompt lookup inside the built-in decoder.
+    """
+
+    JUNK_LOGP = -1e4  # the score of filler children where neither lookup nor the fallback proposes one
+
+    def __init__(self, fallback: Drafter | None, max_ngram: int = 3, min_ngram: int = 2, max_tokens: int = 16):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"LookupDrafter: need 1 <= min_ngram <= max_ngram (got {min_ngram}, {max_ngram})")
+        self.fallback = fallback
+        self.needs_aux = fallback is not None and fallback.needs_aux
+        self.max_ngram, self.min_ngram, self.max_tokens = max_ngram, min_ngram, max_tokens
+        self.lookup_steps = 0  # drafting steps where every row used lookup (the fallback did not run)
+        self.model_steps = 0
+        self.lookup_rows = 0  # (row, step) pairs whose proposal came from lookup
+        self.seqs: list[list[int]] = []  # every row's committed tokens (the prompt's first one excepted)
+        self.pending: list[tuple] = []  # commits not yet sent to the fallback
+        self.props: list[list[int]] = []  # this step's lookup continuation per row ([] = none)
+        self.model_ran = False
+
+    def reset(self, batch_size: int) -> None:
+        self.seqs = [[] for _ in range(batch_size)]
+        self.pending, self.props, self.model_ran = [], [], False
+        if self.fallback is not None:
+            self.fallback.reset(batch_size)
+
+    def commit(self, tokens, aux, positions, valid) -> None:
+        for seq, tok, ok in zip(self.seqs, tokens.tolist(), valid.tolist()):
+            seq.extend(x for x, v in zip(tok, ok) if v)
+        if self.fallback is not None:
+            self.pending.append((tokens, aux, positions, valid))
+
+    def _flush(self) -> None:
+        """Send the buffered commits to the fallback as one (slot order and validity kept)."""
+        if self.fallback is None or not self.pending:
+            return
+        parts = list(zip(*self.pending))
+        aux = None if parts[1][0] is None else torch.cat(parts[1], 1)
+        self.fallback.commit(torch.cat(parts[0], 1), aux, torch.cat(parts[2], 1), torch.cat(parts[3], 1))
+        self.pending = []
+
+    def lookup(self, seq: list[int]) -> list[int]:
+        """Continuation of the most recent earlier occurrence of seq's last n-gram (longest n first), or []."""
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            tail, last = seq[-n:], seq[-1]
+            for start in range(len(seq) - n - 1, -1, -1):
+                if seq[start + n - 1] == last and seq[start:start + n] == tail:
+                    return seq[start + n:start + n + self.max_tokens]
+        return []
+
+    def _fill(self, ids, lp, depth: int, paths) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put each row's lookup token at ``depth`` under the node that follows its lookup path."""
+        for b, prop in enumerate(self.props):
+            if len(prop) <= depth:
+                continue
+            for j in range(ids.shape[1]):
+                if paths is not None and paths[b][j] != prop[:depth]:
+                    continue
+                row = ids[b, j].tolist()
+                slot = row.index(prop[depth]) if prop[depth] in row else len(row) - 1
+                ids[b, j, slot], lp[b, j, slot] = prop[depth], 0.0
+        return ids, lp
+
+    def _children(self, shape, topk: int, dev):
+        ids = torch.zeros(*shape, topk, dtype=torch.long, device=dev)
+        return ids, torch.full((*shape, topk), self.JUNK_LOGP, device=dev)
+
+    def first(self, topk: int):
+        self.props = [self.lookup(seq) for seq in self.seqs]
+        self.lookup_rows += sum(1 for p in self.props if p)
+        self.model_ran = self.fallback is not None and (topk > 1 or not all(self.props))
+        if self.model_ran:
+            self._flush()
+            assert self.fallback is not None
+            ids, lp = self.fallback.first(topk)
+            ids, lp = ids.clone(), lp.float().clone()
+            self.model_steps += 1
+        else:
+            ids, lp = self._children((len(self.seqs),), topk, torch.device("cpu"))
+            self.lookup_steps += 1
+        ids, lp = self._fill(ids[:, None], lp[:, None], 0, None)
+        return ids[:, 0], lp[:, 0]
+
+    def expand(self, tokens, parent_rows, paths, depth: int, topk: int):
+        if self.model_ran:
+            assert self.fallback is not None
+            ids, lp = self.fallback.expand(tokens, parent_rows, paths, depth, topk)
+            ids, lp = ids.clone(), lp.float().clone()
+        else:
+            ids, lp = self._children(tuple(tokens.shape), topk, tokens.device)
+        return self._fill(ids, lp, depth, paths.tolist())
+
+    def select_rows(self, idx) -> None:
+        self._flush()
+        self.seqs = [self.seqs[i] for i in idx.tolist()]
+        if self.fallback is not None:
+            self.fallback.select_rows(idx)

@@ -29,15 +29,17 @@ def parse_spec_config(text: str) -> tuple[int, int, int, int]:
 class SpeculativeGenerator(ThreadedGenerator):
     """Batches waiting requests through an EAGLE-3 draft + the target's one-pass verification."""
 
-    def __init__(self, model, tokenizer, draft_model, aux_layer_ids, config=(4, 3, 1, 4), name: str = "target"):
+    def __init__(self, model, tokenizer, draft_model, aux_layer_ids, config=(4, 3, 1, 4), name: str = "target",
+                 hybrid_lookup: bool = False):
         super().__init__(model, tokenizer, name)
         self.draft_model, self.aux_layer_ids = draft_model, list(aux_layer_ids)
+        self.hybrid_lookup = hybrid_lookup  # prompt lookup first, the draft where the context has no match
         self.batch_size, self.num_steps, self.topk, self.num_verify_tokens = config
         self._thread.start()
 
     @classmethod
     def load(cls, model_name: str, draft_path: str, config: str = "4,3,1,4", device: str = "auto",
-             dtype: str = "auto"):
+             dtype: str = "auto", hybrid_lookup: bool = False):
         """Load target and draft (any layout :func:`specforge.export.load_draft` reads)."""
         import os
 
@@ -57,14 +59,15 @@ class SpeculativeGenerator(ThreadedGenerator):
         draft.to(device=p.device, dtype=p.dtype).eval().requires_grad_(False)
         text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         aux = list(draft_aux) if draft_aux else aux_layer_ids(text_cfg.num_hidden_layers, None)
-        logger.info("speculative decoding with %s, config %s", draft_path, config)
-        return cls(model, tok, draft, aux, cfg, name=model_name)
+        logger.info("speculative decoding with %s%s, config %s", draft_path, " + prompt lookup" if hybrid_lookup else "",
+                    config)
+        return cls(model, tok, draft, aux, cfg, name=model_name, hybrid_lookup=hybrid_lookup)
 
     def _loop(self) -> None:
         import torch
 
         from specforge.inference import SpecConfig, SpeculativeDecoder
-        from specforge.inference.drafters import Eagle3Drafter
+        from specforge.inference.drafters import Drafter, Eagle3Drafter, LookupDrafter
 
         waiting: list[GenRequest] = []
         while not self._stop:
@@ -83,7 +86,10 @@ class SpeculativeGenerator(ThreadedGenerator):
             cfg = SpecConfig(num_steps=self.num_steps, topk=self.topk, num_verify_tokens=self.num_verify_tokens,
                              temperature=temp, max_new_tokens=max(r.max_new_tokens for r in batch),
                              eos_token_ids=tuple(self.eos), seed=batch[0].seed)
-            dec = SpeculativeDecoder(self.model, Eagle3Drafter(self.draft_model), cfg, self.aux_layer_ids)
+            drafter: Drafter = Eagle3Drafter(self.draft_model)
+            if self.hybrid_lookup:
+                drafter = LookupDrafter(drafter)
+            dec = SpeculativeDecoder(self.model, drafter, cfg, self.aux_layer_ids)
             with torch.no_grad():
                 outs, _ = dec.generate([r.prompt for r in batch])
             for r, out in zip(batch, outs):
