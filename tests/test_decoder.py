@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from specforge.errors import SpecforgeError
 from specforge.inference.decoder import SpecConfig, SpeculativeDecoder
 from specforge.inference.drafters import Eagle3Drafter, OracleDrafter, RandomDrafter
 from specforge.modeling.draft.llama3_eagle import LlamaForCausalLMEagle3
@@ -203,3 +204,39 @@ def test_bf16_greedy_equals_the_bf16_targets_own_generate(conf):
     outs, st = SpeculativeDecoder(target, Eagle3Drafter(draft), cfg, aux_layer_ids=[1, 2, 3]).generate(PROMPTS)
     assert outs == refs
     assert st.verify_calls > 0
+
+
+@pytest.mark.parametrize("kind", ["eagle3", "random"])
+def test_min_draft_prob_keeps_greedy_output_and_prunes_unlikely_nodes(target, references, eagle_draft, kind):
+    """Dynamic depth: the output is still the target's greedy one, and nothing below the floor is verified."""
+    greedy, long_refs = references
+    rows = [0, 1, 2]
+    prompts = [PROMPTS[r] for r in rows]
+    full = SpecConfig(7, 1, 8, max_new_tokens=N, eos_token_ids=(2,))
+    dyn = SpecConfig(7, 1, 8, max_new_tokens=N, eos_token_ids=(2,), min_draft_prob=0.3)
+    sizes: list[int] = []
+    dec = SpeculativeDecoder(target, _drafter(kind, long_refs, rows, eagle_draft), dyn, aux_layer_ids=[1, 2, 3])
+    real_draft = dec._draft
+    dec._draft = lambda root: (lambda t: (sizes.append(t.size), t)[1])(real_draft(root))
+    outs, st = dec.generate(prompts)
+    assert [o for o in outs] == [_strip_eos(greedy[r]) for r in rows]
+    # RandomDrafter's sorted log-probs are in (-3, 0] per level: cumulative probabilities fall below 0.3 fast,
+    # so trees stop early; an untrained tiny draft spreads its mass over 300 tokens (p << 0.3 per node).
+    assert max(sizes) < 8 and min(sizes) >= 1
+    _, st_full = SpeculativeDecoder(target, _drafter(kind, long_refs, rows, eagle_draft), full,
+                                    aux_layer_ids=[1, 2, 3]).generate(prompts)
+    assert st.draft_step_s < st_full.draft_step_s or kind == "random"  # fewer draft forwards
+
+
+def test_min_draft_prob_keeps_confident_chains(target, references):
+    """An oracle (log-prob 0 for the right token) keeps its full chain; a wrong one (log-prob -5) is pruned
+    to the root: plain decoding steps that emit exactly one token each."""
+    _, long_refs = references
+    cfg = SpecConfig(3, 1, 4, max_new_tokens=25, min_draft_prob=0.5)
+    _, st = SpeculativeDecoder(target, OracleDrafter(long_refs, 512), cfg).generate(PROMPTS)
+    assert set(st.accept_lengths) == {4}
+    outs, st = SpeculativeDecoder(target, OracleDrafter(long_refs, 512, wrong=True), cfg).generate(PROMPTS)
+    assert set(st.accept_lengths) == {1}
+    assert outs == [r[len(p):len(p) + 25] for r, p in zip(long_refs, PROMPTS)]
+    with pytest.raises(SpecforgeError, match="min draft probability"):
+        SpecConfig(3, 1, 4, min_draft_prob=1.0)

@@ -46,6 +46,7 @@ class BenchOptions:
     seed: int = 0
     plots: bool = True
     hybrid_lookup: bool = False  # also run each speculative config as eagle3+lookup (LookupDrafter)
+    min_draft_prob: float = 0.0  # dynamic draft depth (SpecConfig.min_draft_prob)
 
 
 def max_verify_tokens(num_steps: int, topk: int) -> int:
@@ -286,7 +287,7 @@ def run_bench(opts: BenchOptions) -> list[dict]:
                                        bench, samples, {})
             for b, s, k, t in opts.configs:
                 cfg = SpecConfig(s, k, t, temperature=opts.temperature, max_new_tokens=opts.max_new_tokens,
-                                 eos_token_ids=tuple(sorted(eos)), seed=opts.seed)
+                                 eos_token_ids=tuple(sorted(eos)), seed=opts.seed, min_draft_prob=opts.min_draft_prob)
                 make = (lambda prompts, _m=make_drafter: _m(prompts, refs)) if make_drafter else (lambda p: None)
                 measure(SpecMethod(target, make, aux_ids, b, cfg, f"{b},{s},{k},{t}"), bench, samples, vanilla)
                 if opts.hybrid_lookup and s > 0:

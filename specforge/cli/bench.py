@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hybrid-lookup", action="store_true",
                         help="also run each speculative config as eagle3+lookup: where the context's last 2-3 tokens "
                              "occurred before, propose what followed them (no draft forward), else draft")
+    parser.add_argument("--min-draft-prob", type=float, default=0.0,
+                        help="dynamic draft depth: stop drafting once every branch's cumulative draft probability "
+                             "is below this, and verify only nodes above it (0 = always num_steps levels)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--engine", default="builtin", choices=("builtin", "llamacpp"),
@@ -87,6 +90,8 @@ def run(args) -> int:
         raise SpecforgeError("--max-new-tokens must be >= 1.")
     if args.temperature < 0:
         raise SpecforgeError("--temperature must be >= 0.")
+    if not 0.0 <= args.min_draft_prob < 1.0:
+        raise SpecforgeError(f"--min-draft-prob must be in [0, 1) (got {args.min_draft_prob}).")
     opts = BenchOptions(
         model_path=str(target_from_args(args)), draft_path=args.speculative_draft_model_path,
         configs=[parse_config(c) for c in args.config_list], benchmarks=list(args.benchmark_list),
@@ -94,7 +99,7 @@ def run(args) -> int:
         system_prompt=args.system_prompt, device=args.device, dtype=args.dtype,
         assistant_model=args.assistant_model, baselines=list(args.baselines),
         prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, seed=args.seed, plots=not args.no_plots,
-        hybrid_lookup=args.hybrid_lookup,
+        hybrid_lookup=args.hybrid_lookup, min_draft_prob=args.min_draft_prob,
     )
     if args.engine == "llamacpp":
         from specforge.bench.llamacpp import run_llamacpp_bench

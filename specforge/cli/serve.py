@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hybrid-lookup", action="store_true",
                         help="with a draft: where the context's last 2-3 tokens occurred before, propose what followed "
                              "them (prompt lookup, no draft forward), else draft (see BENCHMARKS.md)")
+    parser.add_argument("--min-draft-prob", type=float, default=0.0,
+                        help="with a draft: stop drafting once every branch's cumulative draft probability is below "
+                             "this (dynamic draft depth; 0 = always the config's num_steps)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=30000, help="port to listen on")
     parser.add_argument("--batch-size", type=int, default=8, help="rows decoded together (no draft)")
@@ -58,11 +61,13 @@ def run(args: argparse.Namespace) -> int:
         from specforge.shipped_drafts import resolve_draft
 
         parse_spec_config(args.speculative_config)  # fail before loading models
+        if not 0.0 <= args.min_draft_prob < 1.0:
+            raise SpecforgeError(f"--min-draft-prob must be in [0, 1) (got {args.min_draft_prob}).")
         args.speculative_draft_model_path = resolve_draft(args.speculative_draft_model_path,
                                                           "--speculative-draft-model-path")
         gen = SpeculativeGenerator.load(args.target_model_path, args.speculative_draft_model_path,
                                         args.speculative_config, device=args.device, dtype=args.dtype,
-                                        hybrid_lookup=args.hybrid_lookup)
+                                        hybrid_lookup=args.hybrid_lookup, min_draft_prob=args.min_draft_prob)
     else:
         from specforge.regen.embedded import EmbeddedGenerator
 

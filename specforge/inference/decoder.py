@@ -15,6 +15,7 @@ Rows finish independently (EOS / max new tokens) and leave the batch, so every f
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from specforge.inference.kv import (
 )
 from specforge.inference.sampling import verify_tree
 from specforge.inference.tree import (
+    NO_PROPOSAL,
     DraftTree,
     ancestor_mask,
     select_tree,
@@ -53,6 +55,9 @@ class SpecConfig:
     max_new_tokens: int = 256
     eos_token_ids: tuple[int, ...] = ()
     seed: int = 0
+    # Dynamic draft depth: stop expanding once every frontier node's cumulative draft probability is below
+    # this, and verify no node below it (0 = always draft num_steps levels and verify num_verify_tokens).
+    min_draft_prob: float = 0.0
 
     def __post_init__(self):
         if self.num_steps < 0 or min(self.topk, self.num_verify_tokens) < (1 if self.num_steps else 0):
@@ -60,6 +65,13 @@ class SpecConfig:
                 f"bad speculative config steps={self.num_steps} topk={self.topk} "
                 f"tokens={self.num_verify_tokens}: need steps >= 0, topk >= 1, tokens >= 1 (any with steps 0)."
             )
+        if not 0.0 <= self.min_draft_prob < 1.0:
+            raise SpecforgeError(f"min draft probability must be in [0, 1) (got {self.min_draft_prob}).")
+
+    @property
+    def score_floor(self) -> float:
+        """Cumulative log-prob at or below which a drafted node is neither expanded nor verified."""
+        return max(NO_PROPOSAL, math.log(self.min_draft_prob)) if self.min_draft_prob > 0 else NO_PROPOSAL
 
 
 @dataclass
@@ -194,7 +206,10 @@ class SpeculativeDecoder:
         front_tok, front_sc, paths = ids, lp, ids[:, :, None]
         front_par = torch.zeros(b, k, dtype=torch.long, device=dev)
         n_cand = k
+        floor = cfg.score_floor
         for depth in range(1, cfg.num_steps):
+            if bool((front_sc <= floor).all()):
+                break  # nothing left worth drafting from (dynamic depth / no proposal)
             ids, lp = dr.expand(front_tok, front_par, paths, depth, cfg.topk)  # [B, K, k]
             ids, lp = ids.to(dev), lp.to(dev).float()
             kk = front_tok.shape[1]
@@ -212,8 +227,10 @@ class SpeculativeDecoder:
                                front_tok[:, :, None]], 2)
             front_idx = n_cand + top
             n_cand += cum.shape[1]
+        scores = torch.cat(c_sc, 1)
+        live = int((scores > floor).sum(1).max())  # verify only nodes above the floor (the best row's count)
         tree = select_tree(torch.cat(c_tok, 1), torch.cat(c_par, 1), torch.cat(c_dep, 1),
-                           torch.cat(c_sc, 1), root_tokens, cfg.num_verify_tokens - 1)
+                           scores, root_tokens, min(cfg.num_verify_tokens - 1, live))
         _sync(self.device)
         self._stats.draft_s += time.perf_counter() - t0
         return tree

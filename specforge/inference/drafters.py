@@ -30,6 +30,7 @@ from specforge.inference.kv import (
     step_mask,
     valid_key_mask,
 )
+from specforge.inference.tree import NO_PROPOSAL
 
 
 class Drafter:
@@ -258,7 +259,7 @@ class LookupDrafter(Drafter):
     prompt lookup inside the built-in decoder.
     """
 
-    JUNK_LOGP = -1e4  # the score of filler children where neither lookup nor the fallback proposes one
+    JUNK_LOGP = 10 * NO_PROPOSAL  # filler children where neither lookup nor the fallback proposes one
 
     def __init__(self, fallback: Drafter | None, max_ngram: int = 3, min_ngram: int = 2, max_tokens: int = 16):
         if not 1 <= min_ngram <= max_ngram:

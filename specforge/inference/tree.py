@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+#: A drafter gives a child this log-prob (or lower) to say "no proposal here" (e.g. prompt lookup without a
+#: match): the decoder neither expands nor verifies such nodes.
+NO_PROPOSAL = -1e3
+
 
 @dataclass
 class DraftTree:

@@ -30,8 +30,9 @@ class SpeculativeGenerator(ThreadedGenerator):
     """Batches waiting requests through an EAGLE-3 draft + the target's one-pass verification."""
 
     def __init__(self, model, tokenizer, draft_model, aux_layer_ids, config=(4, 3, 1, 4), name: str = "target",
-                 hybrid_lookup: bool = False):
+                 hybrid_lookup: bool = False, min_draft_prob: float = 0.0):
         super().__init__(model, tokenizer, name)
+        self.min_draft_prob = min_draft_prob
         self.draft_model, self.aux_layer_ids = draft_model, list(aux_layer_ids)
         self.hybrid_lookup = hybrid_lookup  # prompt lookup first, the draft where the context has no match
         self.batch_size, self.num_steps, self.topk, self.num_verify_tokens = config
@@ -39,7 +40,7 @@ class SpeculativeGenerator(ThreadedGenerator):
 
     @classmethod
     def load(cls, model_name: str, draft_path: str, config: str = "4,3,1,4", device: str = "auto",
-             dtype: str = "auto", hybrid_lookup: bool = False):
+             dtype: str = "auto", hybrid_lookup: bool = False, min_draft_prob: float = 0.0):
         """Load target and draft (any layout :func:`specforge.export.load_draft` reads)."""
         import os
 
@@ -61,7 +62,8 @@ class SpeculativeGenerator(ThreadedGenerator):
         aux = list(draft_aux) if draft_aux else aux_layer_ids(text_cfg.num_hidden_layers, None)
         logger.info("speculative decoding with %s%s, config %s", draft_path, " + prompt lookup" if hybrid_lookup else "",
                     config)
-        return cls(model, tok, draft, aux, cfg, name=model_name, hybrid_lookup=hybrid_lookup)
+        return cls(model, tok, draft, aux, cfg, name=model_name, hybrid_lookup=hybrid_lookup,
+                   min_draft_prob=min_draft_prob)
 
     def _loop(self) -> None:
         import torch
@@ -85,7 +87,7 @@ class SpeculativeGenerator(ThreadedGenerator):
             waiting = [r for r in waiting if all(r is not b for b in batch)]
             cfg = SpecConfig(num_steps=self.num_steps, topk=self.topk, num_verify_tokens=self.num_verify_tokens,
                              temperature=temp, max_new_tokens=max(r.max_new_tokens for r in batch),
-                             eos_token_ids=tuple(self.eos), seed=batch[0].seed)
+                             eos_token_ids=tuple(self.eos), seed=batch[0].seed, min_draft_prob=self.min_draft_prob)
             drafter: Drafter = Eagle3Drafter(self.draft_model)
             if self.hybrid_lookup:
                 drafter = LookupDrafter(drafter)
