@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline end to end on the default model, sized for a 2-core CPU (~12 min).
 #   prepare-data -> build-cache (+ --view-train-data) -> train -> bench -> export + validate
-#   -> the shipped draft (drafts/smollm2-135m-instruct-eagle3) against vanilla and prompt lookup
+#   -> the shipped draft (drafts/smollm2-135m-instruct-eagle3), alone and with prompt lookup in front of it,
+#      against vanilla and prompt lookup
 # Override sizes with env vars, e.g. `SAMPLES=2000 STEPS=400 make demo`.
 set -euo pipefail
 OUT=${1:-demo_out}
@@ -11,7 +12,8 @@ SAMPLES=${SAMPLES:-300}
 STEPS=${STEPS:-60}
 MAXLEN=${MAXLEN:-256}
 SHIPPED=${SHIPPED:-smollm2-135m-instruct-eagle3}
-SHIPPED_CONFIG=${SHIPPED_CONFIG:-1,1,1,2}
+SHIPPED_CONFIG=${SHIPPED_CONFIG:-1,7,1,8}
+MIN_DRAFT_PROB=${MIN_DRAFT_PROB:-0.25}
 BENCH_Q=${BENCH_Q:-4}
 BENCH_TOKENS=${BENCH_TOKENS:-96}
 mkdir -p "$OUT"
@@ -53,9 +55,11 @@ $PY -m specforge export --to sglang --checkpoint "$CKPT" --output-dir "$OUT/expo
     --target-model-path $MODEL --force
 $PY -m specforge validate "$OUT/export-sglang" --no-decode
 
-echo "== 6/6 the shipped draft $SHIPPED (trained by examples/run_smollm2_eagle3.sh) against vanilla greedy and"
-echo "   prompt lookup: $BENCH_Q MT-bench questions, both turns, $BENCH_TOKENS new tokens, greedy (same output for all)"
+echo "== 6/6 the shipped draft $SHIPPED (trained by examples/run_smollm2_eagle3.sh), alone (eagle3) and behind"
+echo "   prompt lookup (eagle3+lookup), chain $SHIPPED_CONFIG with --min-draft-prob $MIN_DRAFT_PROB, against vanilla"
+echo "   greedy and prompt lookup: $BENCH_Q MT-bench questions, both turns, $BENCH_TOKENS new tokens, greedy (same output for all)"
 $PY bench_model_speedup.py --model-path $MODEL --speculative-draft-model-path "$SHIPPED" \
-    --config-list "1,0,0,0" "$SHIPPED_CONFIG" --baselines prompt_lookup --benchmark-list "mtbench:$BENCH_Q" \
+    --config-list "1,0,0,0" "$SHIPPED_CONFIG" --hybrid-lookup --min-draft-prob "$MIN_DRAFT_PROB" \
+    --baselines prompt_lookup --benchmark-list "mtbench:$BENCH_Q" \
     --max-new-tokens "$BENCH_TOKENS" --no-plots --output "$OUT/bench_shipped.jsonl"
 echo "== done: outputs under $OUT/"
