@@ -44,3 +44,22 @@ def target_from_args(ns: argparse.Namespace) -> str | None:
         parts = ", ".join(f"{k} ({v})" for k, v in given.items())
         raise SpecforgeError(f"{parts} name different targets; they are one flag, pass one of them.")
     return getattr(ns, TARGET_DEST)
+
+
+def add_drafting_flags(parser: Any, hybrid_help: str) -> None:
+    """``--hybrid-lookup`` (prompt lookup in front of the draft) and ``--min-draft-prob`` (dynamic draft depth),
+    shared by ``bench`` and ``serve``; see :class:`specforge.inference.drafters.LookupDrafter`."""
+    parser.add_argument("--hybrid-lookup", action="store_true",
+                        help=f"{hybrid_help}: where the context's last 2-3 tokens occurred before, propose what "
+                             "followed them (prompt lookup, no draft forward), else draft")
+    parser.add_argument("--min-draft-prob", type=float, default=0.0,
+                        help="dynamic draft depth: stop drafting once every branch's cumulative draft probability "
+                             "is below this, and verify only nodes above it (0 = always num_steps levels)")
+
+
+def check_min_draft_prob(value: float) -> None:
+    """One clear error for a --min-draft-prob outside [0, 1)."""
+    from specforge.errors import SpecforgeError
+
+    if not 0.0 <= value < 1.0:
+        raise SpecforgeError(f"--min-draft-prob must be in [0, 1) (got {value}).")

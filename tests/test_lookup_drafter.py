@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from specforge.inference.decoder import SpecConfig, SpeculativeDecoder
 from specforge.inference.drafters import Eagle3Drafter, LookupDrafter
-from specforge.modeling.draft.llama3_eagle import LlamaForCausalLMEagle3
-from tests.conftest import tiny_llama_config
+from tests.test_decoder import eagle_draft, target  # noqa: F401  (shared fixtures: tiny target + draft)
 
 # Prompts with repeats, so that lookup fires on the prompt as well as on the (loopy) greedy output.
 PROMPTS = [[5, 17, 33, 9, 100, 5, 17, 33, 9], [7, 8, 9], [300, 301, 302, 303, 300, 301, 302]]
 N = 24
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
-
-
-@pytest.fixture(scope="module")
-def target():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config()).eval()
-
-
-@pytest.fixture(scope="module")
-def eagle_draft(target):
-    torch.manual_seed(1)
-    draft = LlamaForCausalLMEagle3(tiny_llama_config(num_hidden_layers=1, draft_vocab_size=300)).eval()
-    draft.load_embedding(target.model.embed_tokens.weight)
-    return draft
 
 
 def test_lookup_finds_the_most_recent_longest_match():

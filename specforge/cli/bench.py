@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The seed's ``bench_model_speedup.py`` flags plus decoding options."""
-    from specforge.flags import add_target_flag
+    from specforge.flags import add_drafting_flags, add_target_flag
 
     add_target_flag(parser, ("--model-path", "--target-model-path"))
     parser.add_argument("--speculative-draft-model-path", default=None,
@@ -43,12 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", nargs="*", default=["prompt_lookup"], choices=["prompt_lookup", "assisted"],
                         help="extra baselines (vanilla greedy always runs; assisted is added by --assistant-model)")
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="n-gram draft length of prompt lookup")
-    parser.add_argument("--hybrid-lookup", action="store_true",
-                        help="also run each speculative config as eagle3+lookup: where the context's last 2-3 tokens "
-                             "occurred before, propose what followed them (no draft forward), else draft")
-    parser.add_argument("--min-draft-prob", type=float, default=0.0,
-                        help="dynamic draft depth: stop drafting once every branch's cumulative draft probability "
-                             "is below this, and verify only nodes above it (0 = always num_steps levels)")
+    add_drafting_flags(parser, "also run each speculative config as eagle3+lookup")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--engine", default="builtin", choices=("builtin", "llamacpp"),
@@ -83,15 +78,14 @@ def run(args) -> int:
     """Run the benchmark; returns 0."""
     from specforge.bench.runner import BenchOptions, parse_config, run_bench
     from specforge.errors import SpecforgeError
-    from specforge.flags import target_from_args
+    from specforge.flags import check_min_draft_prob, target_from_args
 
     _notes(args)
     if args.max_new_tokens < 1:
         raise SpecforgeError("--max-new-tokens must be >= 1.")
     if args.temperature < 0:
         raise SpecforgeError("--temperature must be >= 0.")
-    if not 0.0 <= args.min_draft_prob < 1.0:
-        raise SpecforgeError(f"--min-draft-prob must be in [0, 1) (got {args.min_draft_prob}).")
+    check_min_draft_prob(args.min_draft_prob)
     opts = BenchOptions(
         model_path=str(target_from_args(args)), draft_path=args.speculative_draft_model_path,
         configs=[parse_config(c) for c in args.config_list], benchmarks=list(args.benchmark_list),

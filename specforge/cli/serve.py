@@ -16,7 +16,7 @@ logger = logging.getLogger("specforge.serve")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, draft, engine and network flags."""
-    from specforge.flags import add_target_flag
+    from specforge.flags import add_drafting_flags, add_target_flag
 
     add_target_flag(parser, ("--model-path", "--target-model-path"))
     parser.add_argument("--served-model-name", default=None, help="name /v1/models reports (default: --model-path)")
@@ -25,12 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the speculative decoder")
     parser.add_argument("--speculative-config", default="4,3,1,4",
                         help="batch_size,num_steps,topk,num_verify_tokens of the speculative decoder")
-    parser.add_argument("--hybrid-lookup", action="store_true",
-                        help="with a draft: where the context's last 2-3 tokens occurred before, propose what followed "
-                             "them (prompt lookup, no draft forward), else draft (see BENCHMARKS.md)")
-    parser.add_argument("--min-draft-prob", type=float, default=0.0,
-                        help="with a draft: stop drafting once every branch's cumulative draft probability is below "
-                             "this (dynamic draft depth; 0 = always the config's num_steps)")
+    add_drafting_flags(parser, "with a draft")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=30000, help="port to listen on")
     parser.add_argument("--batch-size", type=int, default=8, help="rows decoded together (no draft)")
@@ -45,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from specforge.errors import SpecforgeError
-    from specforge.flags import target_from_args
+    from specforge.flags import check_min_draft_prob, target_from_args
     from specforge.regen.server import create_app
 
     args.target_model_path = target_from_args(args)
@@ -61,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
         from specforge.shipped_drafts import resolve_draft
 
         parse_spec_config(args.speculative_config)  # fail before loading models
-        if not 0.0 <= args.min_draft_prob < 1.0:
-            raise SpecforgeError(f"--min-draft-prob must be in [0, 1) (got {args.min_draft_prob}).")
+        check_min_draft_prob(args.min_draft_prob)
         args.speculative_draft_model_path = resolve_draft(args.speculative_draft_model_path,
                                                           "--speculative-draft-model-path")
         gen = SpeculativeGenerator.load(args.target_model_path, args.speculative_draft_model_path,
