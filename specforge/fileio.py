@@ -281,6 +281,14 @@ def describe_os_error(e: OSError) -> str | None:
     return f"{where}: {e.strerror or os.strerror(e.errno or 0)}; {advice} (nothing half-written was kept)."
 
 
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file``, with the umask's permissions (its writer creates files 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def load_safetensors(path: str | os.PathLike) -> dict:
     """All tensors of one ``.safetensors`` file; a truncated or corrupt file is one clear error."""
     from safetensors.torch import load_file

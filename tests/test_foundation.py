@@ -120,15 +120,19 @@ def test_atomic_results_get_ordinary_permissions(tmp_path):
     """mkstemp/mkdtemp make private temporaries; the renamed results follow the umask like any other file."""
     import os
 
-    from specforge.fileio import atomic_path
+    import torch
+
+    from specforge.fileio import atomic_path, save_safetensors
 
     old = os.umask(0o022)
     try:
         with atomic_path(tmp_path / "d", is_dir=True) as d:
             (d / "x").write_text("1")
+            save_safetensors({"w": torch.zeros(2)}, d / "model.safetensors")  # its writer alone makes 0600
         with atomic_path(tmp_path / "f.txt") as f:
             f.write_text("1")
     finally:
         os.umask(old)
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "d" / "model.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644

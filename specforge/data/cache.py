@@ -287,12 +287,12 @@ def build_eagle3_dataset_cache(
         distinct = int((counts > 0).sum())
         if distinct < vd:
             logger.info("draft vocab: %d distinct loss tokens < %d; padded with unseen target ids.", distinct, vd)
-        from safetensors.torch import save_file
+        from specforge.fileio import save_safetensors
 
         train.save_to_disk(str(tmp / "train"))
         if ev is not None:
             ev.save_to_disk(str(tmp / "eval"))
-        save_file({"d2t": d2t.contiguous(), "t2d": t2d.contiguous()}, str(tmp / VOCAB_FILE))
+        save_safetensors({"d2t": d2t.contiguous(), "t2d": t2d.contiguous()}, tmp / VOCAB_FILE)
         os.chmod(tmp / VOCAB_FILE, 0o644)
         meta = {
             "inputs": {**ingredients, "target_model_path": str(target_model_path),

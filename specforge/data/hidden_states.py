@@ -88,10 +88,10 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
 
     Resumable: shards already present are skipped (the meta must match, storage dtype included, else one clear
     error). ``storage_dtype`` ``float8`` quantises every token's row with :func:`quantize_fp8`."""
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from specforge.data.collate import row_lengths
+    from specforge.fileio import save_safetensors
 
     if storage_dtype not in STORAGE_DTYPES:
         raise SpecforgeError(f"unknown storage dtype '{storage_dtype}'; use one of {', '.join(STORAGE_DTYPES)}.")
@@ -126,7 +126,7 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
     with atomic_open(root / META_FILE) as f:
         json.dump(meta, f, indent=2)
     with atomic_path(root / VOCAB_FILE) as tmp:
-        save_file({"d2t": cache.d2t.contiguous(), "t2d": cache.t2d.contiguous()}, str(tmp))
+        save_safetensors({"d2t": cache.d2t.contiguous(), "t2d": cache.t2d.contiguous()}, tmp)
     bar = tqdm(total=total, unit="tok", desc="hidden states", disable=not progress, dynamic_ncols=True)
     written = skipped = 0
     try:
@@ -159,7 +159,7 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
                 tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
                 tensors["offsets"] = torch.tensor([0] + list(torch.tensor(ls[lo:hi]).cumsum(0).tolist()))
                 with atomic_path(path) as tmp:
-                    save_file(tensors, str(tmp))
+                    save_safetensors(tensors, tmp)
                 written += 1
     finally:
         bar.close()

@@ -213,9 +213,9 @@ def layout_name(to: str, vllm_layout: str = "speculators") -> str:
 
 def write_plan(plan: ExportPlan, directory: Path) -> None:
     """Write config.json, model.safetensors and the manifest into an (empty, temporary) directory."""
-    from safetensors.torch import save_file
+    from specforge.fileio import save_safetensors
 
     tensors = {k: v.contiguous() for k, v in plan.tensors.items()}
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n", encoding="utf-8")
     (directory / spec.MANIFEST).write_text(json.dumps(plan.manifest, indent=2) + "\n", encoding="utf-8")

@@ -65,14 +65,14 @@ def save_checkpoint(path: str | Path, draft: torch.nn.Module, config: Any,
     ``rng_states`` maps rank -> ``{"cpu": ByteTensor, "cuda": [ByteTensor, ...]}``. ``draft`` and
     ``optimizer`` may also be already-gathered state dicts (an FSDP-sharded draft, see ``sharded.py``).
     """
-    from safetensors.torch import save_file
+    from specforge.fileio import save_safetensors
 
     path = Path(path)
     with atomic_path(path, is_dir=True) as tmp:
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(config_dict(config), f, indent=2, sort_keys=True)
         weights = draft if isinstance(draft, dict) else draft_state_dict(draft)
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(weights, tmp / "model.safetensors", metadata={"format": "pt"})
         if trainer_state is not None:
             sd = tmp / STATE_DIR
             sd.mkdir()
