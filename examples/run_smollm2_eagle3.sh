@@ -6,31 +6,32 @@
 #
 #   bash examples/run_smollm2_eagle3.sh [WORK_DIR]        # default WORK_DIR: ~/specforge-recipe (outside the repo)
 #
-# Sizes (environment; defaults = the shipped draft's run): ROWS questions to regenerate (600), EVAL_ROWS of them
-# held out (40), REGEN_EPOCHS (3) and RAW_ROWS (900) for the training mix, EPOCHS over it (1), LR (1e-3),
+# Sizes (environment; defaults = the shipped draft's run): ROWS questions to regenerate (2000), EVAL_ROWS of them
+# held out (40), REGEN_EPOCHS (2) and RAW_ROWS (1000) for the training mix, EPOCHS over it (1), LR (2e-3),
 # DRAFT_VOCAB (8192), MAXLEN (768), DEVICE (cpu|cuda, default auto), THREADS for the regeneration (unset =
 # torch's choice; 1 on a machine shared with other jobs), INIT_FROM (a checkpoint dir or a shipped draft's name,
 # e.g. smollm2-135m-instruct-eagle3: start from those weights with a fresh schedule instead of from scratch),
-# TTT (7) and FREEZE_HEAD (1). The ablation in BENCHMARKS.md (measured after the shipped draft was trained) favours
-# TTT=3 FREEZE_HEAD=0 for a CPU draft: 1.5x the trained tokens per hour, as accurate for draft lengths 1-3.
-# On this 2-core CPU: regeneration ~35 questions/min, training ~1 h.
+# TTT (3) and FREEZE_HEAD (0), as the ablation in BENCHMARKS.md chose them for a CPU draft (TTT 3: 1.5x the trained
+# tokens per hour, as accurate for draft lengths 1-3; a trained head is better at positions 1-2). The first
+# shipped draft used ROWS=600 REGEN_EPOCHS=3 RAW_ROWS=900 LR=1e-3 TTT=7 FREEZE_HEAD=1.
+# On this 2-core CPU: regeneration ~35 questions/min (~1 h), training ~1 h 15 min.
 # On a GPU the same command runs unchanged (DEVICE=cuda).
 set -euo pipefail
 WORK=${1:-${SPECFORGE_RECIPE_DIR:-$HOME/specforge-recipe}}
 PY=${PY:-python}
 MODEL=HuggingFaceTB/SmolLM2-135M-Instruct
-ROWS=${ROWS:-600}
+ROWS=${ROWS:-2000}
 EVAL_ROWS=${EVAL_ROWS:-40}
-REGEN_EPOCHS=${REGEN_EPOCHS:-3}
-RAW_ROWS=${RAW_ROWS:-900}
+REGEN_EPOCHS=${REGEN_EPOCHS:-2}
+RAW_ROWS=${RAW_ROWS:-1000}
 EPOCHS=${EPOCHS:-1}
-LR=${LR:-1e-3}
+LR=${LR:-2e-3}
 MAXLEN=${MAXLEN:-768}
 DEVICE=${DEVICE:-auto}
 THREADS_FLAG=(); [ -n "${THREADS:-}" ] && THREADS_FLAG=(--threads "$THREADS")
 DRAFT_VOCAB=${DRAFT_VOCAB:-8192}
-TTT=${TTT:-7}
-FREEZE=(); [ "${FREEZE_HEAD:-1}" = 1 ] && FREEZE=(--freeze-lm-head)
+TTT=${TTT:-3}
+FREEZE=(); [ "${FREEZE_HEAD:-0}" = 1 ] && FREEZE=(--freeze-lm-head)
 mkdir -p "$WORK"
 cd "$(dirname "$0")/.."
 
@@ -117,11 +118,16 @@ $PY scripts/train_eagle3_online.py \
 CKPT=$(ls -d "$WORK"/outputs/step_* "$WORK"/outputs/epoch_* 2>/dev/null | sort -V | tail -1)
 echo "   newest checkpoint: $CKPT"
 
-echo "== 4/6 bench: vanilla, prompt lookup and the draft (chain 3/1/4, 7/1/8, tree 6/10/60) on all of MT-bench"
+echo "== 4/6 bench: vanilla, prompt lookup and the draft (chain 3/1/4, 7/1/8, tree 6/10/60) on all of MT-bench,"
+echo "   then the draft behind prompt lookup (--hybrid-lookup, 7/1/8 with --min-draft-prob 0.25)"
 $PY bench_model_speedup.py --model-path $MODEL --speculative-draft-model-path "$CKPT" \
     --config-list 1,0,0,0 1,3,1,4 1,7,1,8 1,6,10,60 --baselines prompt_lookup \
     --benchmark-list mtbench:80 gsm8k:10 humaneval:10 math500:10 --max-new-tokens 64 \
     --device "$DEVICE" --output "$WORK/bench.jsonl"
+$PY bench_model_speedup.py --model-path $MODEL --speculative-draft-model-path "$CKPT" \
+    --config-list 1,1,1,2 1,7,1,8 --hybrid-lookup --min-draft-prob 0.25 --baselines prompt_lookup \
+    --benchmark-list mtbench:80 gsm8k:10 humaneval:10 math500:10 --max-new-tokens 64 \
+    --device "$DEVICE" --output "$WORK/bench_hybrid.jsonl"
 
 echo "== 5/6 export for SGLang and vLLM"
 $PY -m specforge export --to sglang --checkpoint "$CKPT" --output-dir "$WORK/export-sglang" \
