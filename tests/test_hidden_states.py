@@ -77,6 +77,30 @@ def test_store_is_resumable_and_refuses_other_settings(target_dir, data, tmp_pat
     assert load_file(str(shards[1]))["aux_hidden"].dtype == torch.bfloat16  # untouched by the refused runs
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8"])
+def test_non_finite_hidden_states_are_refused(target_dir, data, tmp_path, monkeypatch, capsys, dtype):  # noqa: F811
+    """A target that overflows (inf/NaN in a hidden state) stops the store with one clear line, in any storage
+    dtype (bf16 would keep the inf, fp8 would turn it into NaN/zeros), and no shard holding that row is written."""
+    from specforge.modeling.target.hf_target import HFEagle3TargetModel
+
+    real, calls = HFEagle3TargetModel.generate_eagle3_data, []
+
+    def overflowing(self, input_ids, *a, **kw):
+        out = real(self, input_ids, *a, **kw)
+        calls.append(1)
+        if len(calls) == 3:  # the first row of the second shard
+            out.last_hidden[0, 1, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(HFEagle3TargetModel, "generate_eagle3_data", overflowing)
+    store = tmp_path / "hs"
+    assert main(prepare_argv(target_dir, data, store, "--shard-size", "2", "--storage-dtype", dtype)) != 0
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if "train row 2: the target's last_hidden holds inf/NaN" in line]) == 1
+    assert [p.name for p in store.glob("train-*.safetensors")] == ["train-00000.safetensors"]
+    assert not [p for p in store.iterdir() if p.name.startswith(".")]
+
+
 def test_missing_store_is_one_clear_error(target_dir, data, tmp_path, capsys):  # noqa: F811
     off = ["train", "--target-model-path", target_dir, "--hidden-states-path", str(tmp_path / "nope"),
            "--output-dir", str(tmp_path / "o"), "--dtype", "float32"]

@@ -149,6 +149,11 @@ def prepare_hidden_states(target, cache, output_dir: str | Path, storage_dtype: 
                     parts["input_ids"].append(ids[0])
                     parts["loss_mask"].append(torch.as_tensor(rows[i]["loss_mask"], dtype=torch.int8).reshape(-1))
                     for k, x in (("aux_hidden", out.aux_hidden[0]), ("last_hidden", out.last_hidden[0])):
+                        if not bool(torch.isfinite(x).all()):
+                            raise SpecforgeError(
+                                f"{name} row {i}: the target's {k} holds inf/NaN; storing it would train on garbage "
+                                "(fp8 cannot even hold it). Run the target in float32 (--dtype float32) or drop the "
+                                "row; nothing was written for this shard.")
                         if sdt == FP8:  # quantised where it was computed: a quarter of the fp32 bytes to move
                             q, scale = quantize_fp8(x)
                             parts[k].append(q.cpu())
