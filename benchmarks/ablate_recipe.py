@@ -5,10 +5,13 @@ optimizer steps), then one evaluation on held-out conversations. The table gives
 (wall time of the steps, target forward included), held-out per-position accuracy (a draft token counts as
 accepted when it equals the target's greedy token; positions whose target token is outside the draft vocab are
 misses) and the simulated chain acceptance length (sim τ) of draft chains of 1, 3 and 7 tokens, i.e. what
-`specforge bench --config-list 1,1,1,2 1,3,1,4 1,7,1,8` should decode. Default variants (changes against the
-recipe's settings: draft vocab 8192, TTT 7, lr 1e-3, frozen lm_head, bf16):
+`specforge bench --config-list 1,1,1,2 1,3,1,4 1,7,1,8` should decode. Variants change one setting against the
+recipe's (draft vocab 8192, TTT 3, lr 2e-3, trained lm_head, bf16): a training flag, or a draft-config field
+(the config derived from the target, as `train` derives it, with that field changed: more draft layers, the
+EAGLE-3.1 norms, other aux layers):
 
-    python benchmarks/ablate_recipe.py --train-data-path TRAIN.jsonl --eval-data-path EVAL.jsonl --steps 200
+    python benchmarks/ablate_recipe.py --train-data-path TRAIN.jsonl --eval-data-path EVAL.jsonl --steps 200 \
+        --variants recipe "2 draft layers"
 
 Short runs rank settings by how fast they learn, not by where they end: read it as "τ per hour of training".
 """
@@ -25,16 +28,20 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["--draft-vocab-size", "8192", "--ttt-length", "7", "--learning-rate", "1e-3", "--freeze-lm-head",
-        "--dtype", "auto"]
-VARIANTS = {
-    "recipe (vocab 8K, TTT 7, lr 1e-3, frozen head)": [],
+BASE = ["--draft-vocab-size", "8192", "--ttt-length", "3", "--learning-rate", "2e-3", "--dtype", "auto"]
+#: name -> training flags (replacing BASE's values; ``--no-X`` drops BASE's ``--X``) or {"config": fields} set in
+#: the draft config derived from the target
+VARIANTS: dict[str, list[str] | dict] = {
+    "recipe": [],
     "draft vocab 16K": ["--draft-vocab-size", "16384"],
     "draft vocab 32K": ["--draft-vocab-size", "32768"],
-    "TTT 3": ["--ttt-length", "3"],
-    "lr 3e-4": ["--learning-rate", "3e-4"],
-    "lr 3e-3": ["--learning-rate", "3e-3"],
-    "lm_head trained": ["--no-freeze-lm-head"],
+    "TTT 7": ["--ttt-length", "7"],
+    "lr 1e-3": ["--learning-rate", "1e-3"],
+    "lr 4e-3": ["--learning-rate", "4e-3"],
+    "frozen lm_head": ["--freeze-lm-head"],
+    "2 draft layers": {"config": {"num_hidden_layers": 2}},
+    "EAGLE-3.1 norms": {"config": {"fc_norm": True, "norm_output": True}},
+    "aux layers 8/20/28": {"config": {"eagle_aux_hidden_state_layer_ids": [8, 20, 28]}},
 }
 
 
@@ -57,11 +64,28 @@ def merged(extra: list[str]) -> list[str]:
     return out
 
 
-def run_variant(name: str, flags: list[str], args, work: Path) -> dict:
+def variant_config(fields: dict, target: str, path: Path) -> list[str]:
+    """Write the draft config ``train`` would derive from ``target`` with ``fields`` set; its flag."""
+    from specforge.eagle3.config import derive_draft_fields
+    from specforge.fileio import atomic_open
+    from specforge.modeling.loading import load_config
+
+    with atomic_open(path) as f:
+        json.dump({**derive_draft_fields(load_config(target)), **fields}, f, indent=1)
+    return ["--draft-model-config", str(path)]
+
+
+def run_variant(name: str, variant: list[str] | dict, args, work: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from specforge.train.trackers import read_metrics
 
-    out = work / name.split(" (")[0].replace(" ", "_")
+    slug = "".join(c if c.isalnum() else "_" for c in name)
+    out = work / slug
+    if isinstance(variant, dict):
+        work.mkdir(parents=True, exist_ok=True)
+        flags = list(BASE) + variant_config(variant["config"], args.target_model_path, work / f"{slug}.json")
+    else:
+        flags = merged(variant)
     cmd = [sys.executable, "-m", "specforge", "train", "--target-model-path", args.target_model_path,
            "--train-data-path", args.train_data_path, "--eval-data-path", args.eval_data_path,
            "--cache-dir", str(args.cache_dir or work / "cache"), "--chat-template", args.chat_template,
@@ -118,7 +142,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ablate_") as tmp:
         work = Path(args.work_dir or tmp)
         for name in args.variants:
-            rows.append(run_variant(name, merged(VARIANTS[name]), args, work))
+            rows.append(run_variant(name, VARIANTS[name], args, work))
             print(json.dumps(rows[-1]), flush=True)
     text = table(rows)
     print(text)

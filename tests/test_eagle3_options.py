@@ -95,3 +95,36 @@ def test_ttt_steps_match_decoding_with_the_same_attention(over):
         d1, _ = m.decode_step(emb1, d0, pos + 1, kv0, mask)
     torch.testing.assert_close(s0, d0)
     torch.testing.assert_close(s1, d1)
+
+
+@pytest.mark.parametrize("over", [{}, {"norm_before_fc": True}, {"fc_norm": True}, {"norm_output": True},
+                                  {"norm_output": True, "num_hidden_layers": 2}],
+                         ids=lambda o: "+".join(o) or "plain")
+def test_ttt_unroll_trains_under_bf16_autocast_like_in_fp32(over):
+    """``train --dtype bfloat16`` keeps fp32 master weights and runs the unroll under autocast: every option
+    must keep the state fed forward in one dtype (a norm's fp32 output must not meet bf16 cached keys) and give
+    the fp32 loss and gradients to bf16 accuracy."""
+    from specforge.eagle3.ttt import Eagle3TTT
+
+    m = draft(**over).train()
+    B, L = 2, 9
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 40, (B, L), generator=g)
+    aux = torch.randn(B, L, 3 * HT, generator=g)
+    logits = torch.randn(B, L, 300, generator=g) * 3
+    logits[..., :40] += 4  # teacher argmax inside the 40-token draft vocab
+    loss_mask = torch.ones(B, L, dtype=torch.long)
+    ttt = Eagle3TTT(m, ttt_length=3)  # the trainer's default attention
+
+    def run():
+        m.zero_grad()
+        loss, _ = ttt(ids, None, loss_mask, aux, logits)
+        loss.backward()
+        return loss.detach(), m.fc.weight.grad.clone()
+
+    loss32, grad32 = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, grad16 = run()
+    assert torch.isfinite(loss16)
+    torch.testing.assert_close(loss16, loss32, rtol=3e-2, atol=3e-2)
+    assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), 0) > 0.98

@@ -166,7 +166,9 @@ class LlamaForCausalLMEagle3(Eagle3DraftModel):
         return self._head_input(hidden), self.lm_head.weight
 
     def _step_output(self, out: torch.Tensor) -> torch.Tensor:
-        return self.norm(out) if self.norm_output else out
+        # in out's dtype: under autocast the norm's fp32 weight would promote it to fp32, and the next step's
+        # keys would no longer match the cached ones
+        return self.norm(out).to(out.dtype) if self.norm_output else out
 
     def _rope(self, x: torch.Tensor, position_ids: torch.Tensor):
         return self.rotary_emb(x, position_ids)
