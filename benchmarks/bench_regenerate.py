@@ -6,7 +6,8 @@
 Takes the first user turn of N real ShareGPT conversations (prepare-data, offline) and answers them on the
 default model (greedy, bf16 where the CPU supports it), after a short untimed warm-up:
 
-* embedded: the batched engine in-process, once per ``--batch-sizes`` entry;
+* embedded: the batched engine in-process, once per ``--batch-sizes`` entry and ``--orders`` entry (rows in
+  input order, as `specforge regenerate` sends them, or longest prompt first);
 * server: specforge's OpenAI client (the regenerate server path) against `specforge serve` (same engine,
   batch = the largest concurrency, uvicorn on 127.0.0.1 in this process), once per ``--concurrency``;
 * overhead: the client against a server that answers at once without generating, per request.
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--prompt-chars", type=int, default=2000, help="cut each question to this many characters")
     p.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 8, 32])
+    p.add_argument("--orders", nargs="+", default=["input"], choices=["input", "longest"],
+                   help="embedded: the order rows are submitted in (input: as regenerate does; longest: longest "
+                        "prompt first, so rows of similar length share a batch)")
+    p.add_argument("--repeats", type=int, default=1, help="embedded: run every (batch size, order) this many times")
     p.add_argument("--concurrency", type=int, nargs="*", default=[], help="client vs specforge serve")
     p.add_argument("--overhead-requests", type=int, default=0, help="client overhead: requests to an instant server")
     p.add_argument("--dtype", default="auto")
@@ -168,18 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print(f"# {args.model} {device} {str(dtype).replace('torch.', '')} threads={torch.get_num_threads()} "
           f"rows={len(chats)} max_tokens={args.max_tokens} prompt_chars={args.prompt_chars}", flush=True)
-    for b in args.batch_sizes:
-        gen = EmbeddedGenerator(model, tok, batch_size=b)
-        asyncio.run(answer_all(gen, chats[: min(b, 2)], 4))  # warm-up
-        t0 = time.perf_counter()
-        tokens = asyncio.run(answer_all(gen, chats, args.max_tokens))
-        wall = time.perf_counter() - t0
-        gen.close()
-        rec = {"batch_size": b, "rows": len(chats), "tokens": tokens, "wall_s": round(wall, 2),
-               "rows_per_s": round(len(chats) / wall, 3), "tok_per_s": round(tokens / wall, 1)}
-        results.append(rec)
-        print(f"embedded batch {b:>3}: {rec['rows_per_s']:.2f} rows/s, {rec['tok_per_s']:.1f} generated tok/s "
-              f"({tokens} tokens in {wall:.1f} s)", flush=True)
+    ordered = {"input": chats, "longest": sorted(chats, key=lambda c: -sum(len(m["content"]) for m in c))}
+    for _ in range(args.repeats):
+        for b in args.batch_sizes:
+            for order in args.orders:
+                gen = EmbeddedGenerator(model, tok, batch_size=b)
+                asyncio.run(answer_all(gen, chats[: min(b, 2)], 4))  # warm-up
+                t0 = time.perf_counter()
+                tokens = asyncio.run(answer_all(gen, ordered[order], args.max_tokens))
+                wall = time.perf_counter() - t0
+                gen.close()
+                rec = {"batch_size": b, "order": order, "rows": len(chats), "tokens": tokens,
+                       "wall_s": round(wall, 2), "rows_per_s": round(len(chats) / wall, 3),
+                       "tok_per_s": round(tokens / wall, 1)}
+                results.append(rec)
+                print(f"embedded batch {b:>3}, {order:>7} order: {rec['rows_per_s']:.2f} rows/s, "
+                      f"{rec['tok_per_s']:.1f} generated tok/s ({tokens} tokens in {wall:.1f} s)", flush=True)
     if args.concurrency:
         results += bench_server(model, tok, chats, args)
     if args.overhead_requests:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from specforge.inference.sampling import recursive_rejection, verify_tree
+from specforge.inference.sampling import greedy_tokens, recursive_rejection, verify_tree
 from specforge.inference.tree import DraftTree
 
 
@@ -62,3 +63,14 @@ def test_tree_verification_first_and_second_token_distribution():
     assert _tv(first, p[0]) < 0.04
     # After accepting node 1 the next token must follow the target's distribution at node 1.
     assert _tv(second_after_1, p[1]) < 0.07
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_greedy_tokens_is_the_first_maximum_in_every_dtype(dtype):
+    # Coarse values make ties common: the pick must be the first maximal index, as argmax documents.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(-4, 4, (3, 5, 257), generator=g).to(dtype)
+    got = greedy_tokens(logits)
+    rows = logits.float().reshape(-1, 257).tolist()
+    want = [row.index(max(row)) for row in rows]
+    assert got.dtype == torch.int64 and got.shape == (3, 5) and got.reshape(-1).tolist() == want

@@ -29,7 +29,7 @@ from specforge.inference.kv import (
     slot_moves,
     step_mask,
 )
-from specforge.inference.sampling import verify_tree
+from specforge.inference.sampling import greedy_tokens, verify_tree
 from specforge.inference.tree import (
     NO_PROPOSAL,
     DraftTree,
@@ -368,6 +368,6 @@ class SpeculativeDecoder:
     def _pick(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Greedy or sampled token from logits [B, V] -> [B]."""
         if self.cfg.temperature <= 0:
-            return logits.argmax(-1)
+            return greedy_tokens(logits)
         probs = torch.softmax(logits.float() / self.cfg.temperature, -1).cpu()
         return torch.multinomial(probs, 1, generator=gen)[:, 0].to(logits.device)

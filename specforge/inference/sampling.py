@@ -19,6 +19,17 @@ import torch
 from specforge.inference.tree import DraftTree
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(-1)``, ties to the first index; half-precision logits are compared in fp32.
+
+    The result is the same (fp32 holds every bf16/fp16 value exactly), but the CPU's bf16 argmax is ~3x
+    slower than converting and taking the fp32 one (64 x 49K logits: 23 ms against 6 ms on one core).
+    """
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
+    return logits.argmax(-1)
+
+
 def recursive_rejection(p: torch.Tensor, candidates: list[int], q: torch.Tensor | None,
                         generator: torch.Generator | None) -> tuple[int, int]:
     """Multi-candidate accept/resample at one node.
@@ -62,7 +73,7 @@ def verify_tree(tree: DraftTree, logits: torch.Tensor, temperature: float,
     tokens = tree.tokens.tolist()
     paths, bonus = [], []
     if temperature <= 0:
-        best = logits.argmax(-1).tolist()  # [B, N]
+        best = greedy_tokens(logits).tolist()  # [B, N]
         for b in range(len(kids)):
             cur, path = 0, [0]
             while True:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from specforge.errors import SpecforgeError
+from specforge.inference.sampling import greedy_tokens
 from specforge.modeling.compat import cache_kwargs
 
 
@@ -266,7 +267,7 @@ class BatchEngine:
 
     def _pick(self, logits: torch.Tensor, reqs: list[GenRequest]) -> list[int]:
         """logits [B', V] -> one token per request (greedy, or its own seeded sampler)."""
-        out = logits.argmax(-1).tolist()
+        out = greedy_tokens(logits).tolist()
         for i, r in enumerate(reqs):
             if r.temperature > 0:
                 lg = top_p_filter(logits[i].float() / r.temperature, r.top_p)
