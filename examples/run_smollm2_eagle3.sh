@@ -6,14 +6,16 @@
 #
 #   bash examples/run_smollm2_eagle3.sh [WORK_DIR]        # default WORK_DIR: ~/specforge-recipe (outside the repo)
 #
-# Sizes (environment; defaults = the shipped draft's run): ROWS questions to regenerate (2000), EVAL_ROWS of them
+# Sizes (environment; defaults = the shipped draft's first run): ROWS questions to regenerate (2000), EVAL_ROWS of them
 # held out (40), REGEN_EPOCHS (2) and RAW_ROWS (1000) for the training mix, EPOCHS over it (1), LR (2e-3),
 # DRAFT_VOCAB (8192), MAXLEN (768), DEVICE (cpu|cuda, default auto), THREADS for the regeneration (unset =
 # torch's choice; 1 on a machine shared with other jobs), INIT_FROM (a checkpoint dir or a shipped draft's name,
 # e.g. smollm2-135m-instruct-eagle3: start from those weights with a fresh schedule instead of from scratch),
 # TTT (3) and FREEZE_HEAD (0), as the ablation in BENCHMARKS.md chose them for a CPU draft (TTT 3: 1.5x the trained
-# tokens per hour, as accurate for draft lengths 1-3; a trained head is better at positions 1-2). The first
-# shipped draft used ROWS=600 REGEN_EPOCHS=3 RAW_ROWS=900 LR=1e-3 TTT=7 FREEZE_HEAD=1.
+# tokens per hour, as accurate for draft lengths 1-3; a trained head is better at positions 1-2). The shipped
+# draft is that first run continued once (INIT_FROM=<its epoch_0> LR=1e-3) on 6,096 regenerated questions
+# (REGEN_EPOCHS=1) plus 400 original turns; its card has the exact commands. The first shipped draft used
+# ROWS=600 REGEN_EPOCHS=3 RAW_ROWS=900 LR=1e-3 TTT=7 FREEZE_HEAD=1.
 # On this 2-core CPU: regeneration ~35 questions/min (~1 h), training ~1 h 15 min.
 # On a GPU the same command runs unchanged (DEVICE=cuda).
 set -euo pipefail

@@ -55,7 +55,7 @@ $PY -m specforge export --to sglang --checkpoint "$CKPT" --output-dir "$OUT/expo
     --target-model-path $MODEL --force
 $PY -m specforge validate "$OUT/export-sglang" --no-decode
 
-echo "== 6/6 the shipped draft $SHIPPED (trained by examples/run_smollm2_eagle3.sh), alone (eagle3) and behind"
+echo "== 6/6 the shipped draft $SHIPPED (examples/run_smollm2_eagle3.sh, continued once), alone (eagle3) and behind"
 echo "   prompt lookup (eagle3+lookup), chain $SHIPPED_CONFIG with --min-draft-prob $MIN_DRAFT_PROB, against vanilla"
 echo "   greedy and prompt lookup: $BENCH_Q MT-bench questions, both turns, $BENCH_TOKENS new tokens, greedy (same output for all)"
 $PY bench_model_speedup.py --model-path $MODEL --speculative-draft-model-path "$SHIPPED" \
