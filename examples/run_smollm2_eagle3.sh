@@ -125,11 +125,11 @@ echo "   then the draft behind prompt lookup (--hybrid-lookup, 7/1/8 with --min-
 $PY bench_model_speedup.py --model-path $MODEL --speculative-draft-model-path "$CKPT" \
     --config-list 1,0,0,0 1,3,1,4 1,7,1,8 1,6,10,60 --baselines prompt_lookup \
     --benchmark-list mtbench:80 gsm8k:10 humaneval:10 math500:10 --max-new-tokens 64 \
-    --device "$DEVICE" --output "$WORK/bench.jsonl"
+    --interleave --device "$DEVICE" --output "$WORK/bench.jsonl"
 $PY bench_model_speedup.py --model-path $MODEL --speculative-draft-model-path "$CKPT" \
     --config-list 1,1,1,2 1,7,1,8 --hybrid-lookup --min-draft-prob 0.25 --baselines prompt_lookup \
     --benchmark-list mtbench:80 gsm8k:10 humaneval:10 math500:10 --max-new-tokens 64 \
-    --device "$DEVICE" --output "$WORK/bench_hybrid.jsonl"
+    --interleave --device "$DEVICE" --output "$WORK/bench_hybrid.jsonl"
 
 echo "== 5/6 export for SGLang and vLLM"
 $PY -m specforge export --to sglang --checkpoint "$CKPT" --output-dir "$WORK/export-sglang" \

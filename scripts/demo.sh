@@ -60,6 +60,6 @@ echo "   prompt lookup (eagle3+lookup), chain $SHIPPED_CONFIG with --min-draft-p
 echo "   greedy and prompt lookup: $BENCH_Q MT-bench questions, both turns, $BENCH_TOKENS new tokens, greedy (same output for all)"
 $PY bench_model_speedup.py --model-path $MODEL --speculative-draft-model-path "$SHIPPED" \
     --config-list "1,0,0,0" "$SHIPPED_CONFIG" --hybrid-lookup --min-draft-prob "$MIN_DRAFT_PROB" \
-    --baselines prompt_lookup --benchmark-list "mtbench:$BENCH_Q" \
+    --baselines prompt_lookup --benchmark-list "mtbench:$BENCH_Q" --interleave \
     --max-new-tokens "$BENCH_TOKENS" --no-plots --output "$OUT/bench_shipped.jsonl"
 echo "== done: outputs under $OUT/"

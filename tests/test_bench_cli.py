@@ -92,6 +92,42 @@ def test_bench_oracle_reaches_full_acceptance(tmp_path, tiny_target_dir):
     assert spec["new_tokens"] == recs[0]["new_tokens"]
 
 
+def test_bench_interleave_runs_block_by_block_with_the_same_results(tmp_path, tiny_target_dir, tiny_draft_dir,
+                                                                     monkeypatch):
+    """--interleave: every method on conversations 1-2, then every method on 3; same tokens and τ as one after
+    another (greedy), only the order of the work changes."""
+    from specforge.bench import runner
+
+    calls = []
+    real = runner.run_conversations
+
+    def spy(method, samples, *a, **k):
+        calls.append((method.name, method.batch_size, len(samples)))
+        return real(method, samples, *a, **k)
+
+    monkeypatch.setattr(runner, "run_conversations", spy)
+    argv = ["bench", "--model-path", tiny_target_dir, "--speculative-draft-model-path", tiny_draft_dir,
+            "--config-list", "2,3,1,4", "--hybrid-lookup", "--benchmark-list", "mtbench:3", "--max-new-tokens", "5",
+            "--no-plots"]
+    outs = {}
+    for mode in ("seq", "inter"):
+        calls.clear()
+        outs[mode] = tmp_path / f"{mode}.jsonl"
+        assert main(argv + ["--output", str(outs[mode])] + (["--interleave"] if mode == "inter" else [])) == 0
+        outs[mode + "_calls"] = list(calls)
+    # vanilla at batch 1 and 2, eagle3, eagle3+lookup, prompt lookup: 5 methods
+    names = ["vanilla", "vanilla", "eagle3", "eagle3+lookup", "prompt_lookup"]
+    assert [c[0] for c in outs["seq_calls"]] == names and {c[2] for c in outs["seq_calls"]} == {3}
+    assert outs["inter_calls"] == [(n, b, k) for k in (2, 1) for n, b in zip(names, (1, 2, 2, 2, 1))]
+    seq, inter = _records(outs["seq"]), _records(outs["inter"])
+    assert [(r["method"], r["config_str"]) for r in seq] == [(r["method"], r["config_str"]) for r in inter]
+    for a, b in zip(seq, inter):
+        assert (a["new_tokens"], a["num_turns"], a["accept_length"], a["accept_histogram"]) == \
+            (b["new_tokens"], b["num_turns"], b["accept_length"], b["accept_histogram"])
+        assert b["interleave"] is True and a["interleave"] is False
+        assert (a["speedup"] is None) == (b["speedup"] is None)
+
+
 def test_bench_interrupt_keeps_written_records(tmp_path, tiny_target_dir, tiny_draft_dir, monkeypatch):
     from specforge.bench import methods
 

@@ -4,11 +4,15 @@ For each benchmark the vanilla baseline runs first (per batch size needed), then
 ``batch,steps,topk,tokens`` config, then prompt lookup and assisted generation (batch 1); every method
 sees the same prompts and max new tokens, and multi-turn sets (MT-bench) feed each method its own
 previous answers. One JSONL record is written per (method/config, benchmark) as soon as it finishes.
+With ``interleave`` every method runs on one block of conversations (the batch sizes' lcm) before any runs
+on the next, so a machine whose speed drifts during the run (shared or throttled CPUs) slows every method alike
+and the speed-ups stay comparable; the records are then written when the benchmark ends.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -47,6 +51,7 @@ class BenchOptions:
     plots: bool = True
     hybrid_lookup: bool = False  # also run each speculative config as eagle3+lookup (LookupDrafter)
     min_draft_prob: float = 0.0  # dynamic draft depth (SpecConfig.min_draft_prob)
+    interleave: bool = False  # run every method block by block (drift-robust ratios) instead of one after another
 
 
 def max_verify_tokens(num_steps: int, topk: int) -> int:
@@ -235,15 +240,16 @@ def run_bench(opts: BenchOptions) -> list[dict]:
     def hf(name, label, bsz, extra=None):
         return HFGenerateMethod(name, label, target, bsz, opts.max_new_tokens, opts.temperature, eos, pad, extra)
 
-    def measure(method, bench, samples, vanilla: dict):
+    def run(method, samples, desc):
         key = (method.name, method.label, method.batch_size)
         if key not in warmed:
             _warmup(method, tokenizer)
             warmed.add(key)
-        desc = f"{bench} {method.name} {method.label}"
-        st = run_conversations(method, samples, tokenizer, opts.system_prompt, desc,
-                               refs if method.name == "vanilla" else None)
-        base = vanilla.get(method.batch_size)
+        return run_conversations(method, samples, tokenizer, opts.system_prompt, desc,
+                                 refs if method.name == "vanilla" else None)
+
+    def record(method, bench, samples, st: DecodeStats, vanilla: dict):
+        base = None if method.name == "vanilla" else vanilla.get(method.batch_size)
         engine = isinstance(method, SpecMethod)
         spec = engine and method.cfg.num_steps > 0
         timing = step_times(st, base if base is not None else st, method.batch_size, engine, spec)
@@ -266,13 +272,36 @@ def run_bench(opts: BenchOptions) -> list[dict]:
             "speedup": (base.wall_s / st.wall_s) if base is not None and st.wall_s > 0 else None,
             "speedup_tokens_per_s": (st.tokens_per_s / base.tokens_per_s) if base is not None and
             base.tokens_per_s > 0 else None,
+            "interleave": opts.interleave,
             **common,
         }
         writer.add(rec)
         logger.info("%s %s %s: %.1f tok/s%s%s", bench, method.name, rec["config_str"], st.tokens_per_s,
                     f", tau {st.tau:.2f}" if spec else "",
                     f", speed-up {rec['speedup']:.2f}x" if rec["speedup"] is not None else "")
-        return st
+
+    def methods_for(vanilla_sizes):
+        """Every method of one benchmark, in run order: vanilla per batch size, configs, baselines."""
+        ms = [hf("vanilla", "greedy" if opts.temperature <= 0 else "sample", bsz) for bsz in vanilla_sizes]
+        for b, s, k, t in opts.configs:
+            cfg = SpecConfig(s, k, t, temperature=opts.temperature, max_new_tokens=opts.max_new_tokens,
+                             eos_token_ids=tuple(sorted(eos)), seed=opts.seed, min_draft_prob=opts.min_draft_prob)
+            make = (lambda prompts, _m=make_drafter: _m(prompts, refs)) if make_drafter else (lambda p: None)
+            ms.append(SpecMethod(target, make, aux_ids, b, cfg, f"{b},{s},{k},{t}"))
+            if opts.hybrid_lookup and s > 0:
+                hybrid = (lambda prompts, _m=make: LookupDrafter(_m(prompts)))
+                ms.append(SpecMethod(target, hybrid, aux_ids, b, cfg, f"{b},{s},{k},{t}", name="eagle3+lookup"))
+        for name in extra_baselines:
+            if name == "prompt_lookup":
+                ms.append(hf("prompt_lookup", f"n={opts.prompt_lookup_num_tokens}", 1,
+                             {"prompt_lookup_num_tokens": opts.prompt_lookup_num_tokens}))
+            elif name == "assisted":
+                if assistant is None:
+                    raise SpecforgeError("baseline 'assisted' needs --assistant-model PATH.")
+                ms.append(hf("assisted", opts.assistant_model, 1, {"assistant_model": assistant}))
+            else:
+                raise SpecforgeError(f"unknown baseline '{name}'; use vanilla, prompt_lookup or assisted.")
+        return ms
 
     extra_baselines = [b for b in opts.baselines if b != "vanilla"]
     if assistant is not None and "assisted" not in extra_baselines:
@@ -280,31 +309,29 @@ def run_bench(opts: BenchOptions) -> list[dict]:
     try:
         for spec_str in opts.benchmarks:
             bench, samples = load_benchmark(spec_str)
-            vanilla: dict[int, DecodeStats] = {}
             sizes = sorted({c[0] for c in opts.configs} | ({1} if extra_baselines else set()))
-            for bsz in sizes:
-                vanilla[bsz] = measure(hf("vanilla", "greedy" if opts.temperature <= 0 else "sample", bsz),
-                                       bench, samples, {})
-            for b, s, k, t in opts.configs:
-                cfg = SpecConfig(s, k, t, temperature=opts.temperature, max_new_tokens=opts.max_new_tokens,
-                                 eos_token_ids=tuple(sorted(eos)), seed=opts.seed, min_draft_prob=opts.min_draft_prob)
-                make = (lambda prompts, _m=make_drafter: _m(prompts, refs)) if make_drafter else (lambda p: None)
-                measure(SpecMethod(target, make, aux_ids, b, cfg, f"{b},{s},{k},{t}"), bench, samples, vanilla)
-                if opts.hybrid_lookup and s > 0:
-                    hybrid = (lambda prompts, _m=make: LookupDrafter(_m(prompts)))
-                    measure(SpecMethod(target, hybrid, aux_ids, b, cfg, f"{b},{s},{k},{t}", name="eagle3+lookup"),
-                            bench, samples, vanilla)
-            for name in extra_baselines:
-                if name == "prompt_lookup":
-                    m = hf("prompt_lookup", f"n={opts.prompt_lookup_num_tokens}", 1,
-                           {"prompt_lookup_num_tokens": opts.prompt_lookup_num_tokens})
-                elif name == "assisted":
-                    if assistant is None:
-                        raise SpecforgeError("baseline 'assisted' needs --assistant-model PATH.")
-                    m = hf("assisted", opts.assistant_model, 1, {"assistant_model": assistant})
-                else:
-                    raise SpecforgeError(f"unknown baseline '{name}'; use vanilla, prompt_lookup or assisted.")
-                measure(m, bench, samples, vanilla)
+            methods = methods_for(sizes)
+            vanilla: dict[int, DecodeStats] = {}
+            if not opts.interleave:  # each method over every sample in turn; a record as soon as it ends
+                for m in methods:
+                    st = run(m, samples, f"{bench} {m.name} {m.label}")
+                    record(m, bench, samples, st, vanilla)
+                    if m.name == "vanilla":
+                        vanilla[m.batch_size] = st
+                continue
+            # Interleaved: every method on one block of conversations, then the next block, so a machine
+            # whose speed drifts during the run slows every method alike; the records come at the end.
+            block = math.lcm(*sizes)  # every batch size splits a block as it would split the whole set
+            totals = {id(m): DecodeStats(num_steps=getattr(getattr(m, "cfg", None), "num_steps", 0))
+                      for m in methods}
+            nblocks = -(-len(samples) // block)
+            for i in range(nblocks):
+                part = samples[i * block:(i + 1) * block]
+                for m in methods:
+                    totals[id(m)].merge(run(m, part, f"{bench} [{i + 1}/{nblocks}] {m.name} {m.label}"))
+            vanilla = {m.batch_size: totals[id(m)] for m in methods if m.name == "vanilla"}
+            for m in methods:
+                record(m, bench, samples, totals[id(m)], vanilla)
     finally:
         if writer.records:
             print_table(writer.records)

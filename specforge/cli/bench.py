@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra baselines (vanilla greedy always runs; assisted is added by --assistant-model)")
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="n-gram draft length of prompt lookup")
     add_drafting_flags(parser, "also run each speculative config as eagle3+lookup")
+    parser.add_argument("--interleave", action="store_true",
+                        help="run every method on one block of conversations before the next block, so that a "
+                             "machine whose speed drifts (shared CPUs) slows all methods alike; records are "
+                             "written when each benchmark ends")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--engine", default="builtin", choices=("builtin", "llamacpp"),
@@ -93,7 +97,7 @@ def run(args) -> int:
         system_prompt=args.system_prompt, device=args.device, dtype=args.dtype,
         assistant_model=args.assistant_model, baselines=list(args.baselines),
         prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, seed=args.seed, plots=not args.no_plots,
-        hybrid_lookup=args.hybrid_lookup, min_draft_prob=args.min_draft_prob,
+        hybrid_lookup=args.hybrid_lookup, min_draft_prob=args.min_draft_prob, interleave=args.interleave,
     )
     if args.engine == "llamacpp":
         from specforge.bench.llamacpp import run_llamacpp_bench
@@ -102,6 +106,8 @@ def run(args) -> int:
             raise SpecforgeError("--assistant-model is a built-in-engine baseline; drop it with --engine llamacpp.")
         if args.hybrid_lookup:
             raise SpecforgeError("--hybrid-lookup runs on the built-in decoder; drop it with --engine llamacpp.")
+        if args.interleave:
+            raise SpecforgeError("--interleave runs on the built-in decoder; drop it with --engine llamacpp.")
         run_llamacpp_bench(opts, args.target_gguf, args.llamacpp_threads)
         return 0
     run_bench(opts)
