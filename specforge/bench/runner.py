@@ -97,17 +97,21 @@ def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
 
 
 def run_conversations(method, samples: list[Sample], tokenizer, system_prompt: str | None, desc: str,
-                      refs: dict | None = None) -> DecodeStats:
+                      refs: dict | None = None, bar=None) -> DecodeStats:
     """Answer every turn of every sample with ``method`` (batched); returns the merged stats.
 
     refs, when given, receives ``tuple(prompt ids) -> generated ids`` (the oracle draft's references).
+    bar, when given, is a caller's tqdm bar advanced by one per answered turn (else this call shows its own).
     """
+    from contextlib import nullcontext
+
     from tqdm import tqdm
 
     convs = [[{"role": "system", "content": system_prompt}] if system_prompt else [] for _ in samples]
     total = DecodeStats(num_steps=getattr(getattr(method, "cfg", None), "num_steps", 0))
     n_calls = sum(len(s.turns) for s in samples)
-    with tqdm(total=n_calls, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+    with (tqdm(total=n_calls, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True) if bar is None
+          else nullcontext(bar)) as pbar:
         for turn in range(max(len(s.turns) for s in samples)):
             idx = [i for i, s in enumerate(samples) if len(s.turns) > turn]
             for i in idx:
@@ -122,7 +126,7 @@ def run_conversations(method, samples: list[Sample], tokenizer, system_prompt: s
                         refs[tuple(prompts[j])] = out
                     convs[idx[j]].append({"role": "assistant",
                                           "content": tokenizer.decode(out, skip_special_tokens=True)})
-                bar.update(len(chunk))
+                pbar.update(len(chunk))
     return total
 
 
@@ -240,13 +244,13 @@ def run_bench(opts: BenchOptions) -> list[dict]:
     def hf(name, label, bsz, extra=None):
         return HFGenerateMethod(name, label, target, bsz, opts.max_new_tokens, opts.temperature, eos, pad, extra)
 
-    def run(method, samples, desc):
+    def run(method, samples, desc, bar=None):
         key = (method.name, method.label, method.batch_size)
         if key not in warmed:
             _warmup(method, tokenizer)
             warmed.add(key)
         return run_conversations(method, samples, tokenizer, opts.system_prompt, desc,
-                                 refs if method.name == "vanilla" else None)
+                                 refs if method.name == "vanilla" else None, bar)
 
     def record(method, bench, samples, st: DecodeStats, vanilla: dict):
         base = None if method.name == "vanilla" else vanilla.get(method.batch_size)
@@ -321,14 +325,19 @@ def run_bench(opts: BenchOptions) -> list[dict]:
                 continue
             # Interleaved: every method on one block of conversations, then the next block, so a machine
             # whose speed drifts during the run slows every method alike; the records come at the end.
+            from tqdm import tqdm
+
             block = math.lcm(*sizes)  # every batch size splits a block as it would split the whole set
             totals = {id(m): DecodeStats(num_steps=getattr(getattr(m, "cfg", None), "num_steps", 0))
                       for m in methods}
             nblocks = -(-len(samples) // block)
-            for i in range(nblocks):
-                part = samples[i * block:(i + 1) * block]
-                for m in methods:
-                    totals[id(m)].merge(run(m, part, f"{bench} [{i + 1}/{nblocks}] {m.name} {m.label}"))
+            n_turns = sum(len(s.turns) for s in samples) * len(methods)
+            with tqdm(total=n_turns, desc=f"{bench} interleaved", file=sys.stderr, dynamic_ncols=True) as bar:
+                for i in range(nblocks):
+                    part = samples[i * block:(i + 1) * block]
+                    for m in methods:
+                        bar.set_postfix_str(f"block {i + 1}/{nblocks}: {m.name} {m.label}".strip())
+                        totals[id(m)].merge(run(m, part, "", bar))
             vanilla = {m.batch_size: totals[id(m)] for m in methods if m.name == "vanilla"}
             for m in methods:
                 record(m, bench, samples, totals[id(m)], vanilla)
