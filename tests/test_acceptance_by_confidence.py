@@ -39,7 +39,7 @@ def test_first_token_agreement_matches_the_ttt_unroll_metrics():
     lm[10:] = 1
     with torch.no_grad():
         draft.lm_head.weight.normal_(0, 1)  # a random head that varies its guesses
-        p1, agree, inv = mod.first_token_agreement(draft, target, ids, lm)
+        p1, agree, inv, last, want = mod.first_token_agreement(draft, target, ids, lm)
         out = target.generate_eagle3_data(ids[None])
         ttt = Eagle3TTT(draft, ttt_length=1)
         # the unroll's own count, one supervised position at a time: its per-position verdicts
@@ -54,3 +54,6 @@ def test_first_token_agreement_matches_the_ttt_unroll_metrics():
     assert 0 < sum(ref) < len(ref)  # neither all nor none: the comparison is not trivial
     assert bool((~inv).any()) and not bool(agree[~inv].any())  # outside the draft vocab: always a miss
     assert bool(((p1 > 0) & (p1 <= 1)).all())
+    pos = lm.nonzero().flatten()[: last.numel()] + 1  # the token read: the one after each scored position
+    assert last.tolist() == ids[pos].tolist()
+    assert inv.tolist() == t2d[want].tolist()
