@@ -97,13 +97,13 @@ def main() -> None:
     ap.add_argument("--output", help="write the bins as JSON here")
     a = ap.parse_args()
     try:
+        convs = load_conversations(a.data)[:a.n]  # bad data fails before any model loads
         draft = AutoEagle3DraftModel.from_pretrained(resolve_draft(a.draft, "--draft")).float().eval()
         model = load_target_model(a.target_model_path, dtype=resolve_dtype(a.dtype, "cpu"))
         draft.load_embedding(model.get_input_embeddings().weight.detach())
         target = HFEagle3TargetModel(model, draft_config=draft.config)
         tok = load_tokenizer(a.target_model_path)
         renderer = get_renderer(a.chat_template, tok)
-        convs = load_conversations(a.data)[:a.n]
     except SpecforgeError as e:
         sys.exit(f"error: {e}")
     from tqdm import tqdm
