@@ -336,7 +336,7 @@ def run_bench(opts: BenchOptions) -> list[dict]:
                 for i in range(nblocks):
                     part = samples[i * block:(i + 1) * block]
                     for m in methods:
-                        bar.set_postfix_str(f"block {i + 1}/{nblocks}: {m.name} {m.label}".strip())
+                        bar.set_postfix_str(f"block {i + 1}/{nblocks}: {m.name} {m.label}".strip(), refresh=False)
                         totals[id(m)].merge(run(m, part, "", bar))
             vanilla = {m.batch_size: totals[id(m)] for m in methods if m.name == "vanilla"}
             for m in methods:
