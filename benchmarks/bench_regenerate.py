@@ -10,7 +10,11 @@ default model (greedy, bf16 where the CPU supports it), after a short untimed wa
   input order, as `specforge regenerate` sends them, or longest prompt first);
 * server: specforge's OpenAI client (the regenerate server path) against `specforge serve` (same engine,
   batch = the largest concurrency, uvicorn on 127.0.0.1 in this process), once per ``--concurrency``;
-* overhead: the client against a server that answers at once without generating, per request.
+* overhead: the client against a server that answers at once without generating, per request;
+* llama.cpp: the target's GGUF in in-process llama.cpp servers (xllamacpp; 1 thread and ``--llamacpp-parallel``
+  slots each) behind the same client, once per ``--llamacpp-servers`` entry; with an embedded run before it,
+  also the share of answers identical to the torch engine's (greedy: the GGUF's quantized kernels vs the HF
+  model in bf16/fp32).
 
 Prints one line per measurement; figures go to BENCHMARKS.md, not asserted.
 """
@@ -42,20 +46,81 @@ def first_user_turns(n: int, chars: int = 2000) -> list[list[dict]]:
     return out
 
 
-async def answer_all(gen, chats, max_tokens):
+async def answer_all(gen, chats, max_tokens, texts=None):
     comps = await asyncio.gather(*(gen.chat(c, max_tokens) for c in chats))
+    if texts is not None:
+        texts[:] = [c.text for c in comps]
     return sum(c.completion_tokens for c in comps)
 
 
-def _serve_thread(app):
+async def _warm_then_timed(gen, chats, max_tokens, concurrency, texts):
+    """A short untimed warm-up, then every chat with at most ``concurrency`` in flight: (tokens, wall s)."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(c, n):
+        async with sem:
+            return await gen.chat(c, n)
+
+    await gen.astart()
+    try:
+        await asyncio.gather(*(one(c, 4) for c in chats[:2]))
+        t0 = time.perf_counter()
+        comps = await asyncio.gather(*(one(c, max_tokens) for c in chats))
+        wall = time.perf_counter() - t0
+    finally:
+        await gen.aclose()
+    texts[:] = [c.text for c in comps]
+    return sum(c.completion_tokens for c in comps), wall
+
+
+def bench_llamacpp(model: str, chats, args, torch_texts) -> list[dict]:
+    """The target's GGUF in ``n`` in-process llama.cpp servers (1 thread, ``--llamacpp-parallel`` slots each),
+    answered through specforge's OpenAI client, as `specforge regenerate --server-address-port` would."""
+    from specforge.bench.llamacpp import LlamaCppServer
+    from specforge.export.gguf import target_gguf_path
+    from specforge.regen.client import ServerPool
+
+    gguf = str(target_gguf_path(model))
+    par = args.llamacpp_parallel
+    out = []
+    for n in args.llamacpp_servers:
+        servers = [LlamaCppServer(gguf, threads=1, n_ctx=4096 * par, parallel=par, port=free_port())
+                   for _ in range(n)]
+        try:
+            texts: list[str] = []
+            pool = ServerPool([s.address for s in servers], model, timeout=600, max_retries=0)
+            tokens, wall = asyncio.run(_warm_then_timed(pool, chats, args.max_tokens, n * par, texts))
+        finally:
+            for s in servers:
+                s.close()
+        rec = {"mode": "llamacpp", "servers": n, "parallel": par, "rows": len(chats),
+               "tokens": tokens, "wall_s": round(wall, 2), "rows_per_s": round(len(chats) / wall, 3),
+               "tok_per_s": round(tokens / wall, 1)}
+        same = ""
+        if torch_texts:
+            rec["same_as_torch"] = sum(a.strip() == b.strip() for a, b in zip(texts, torch_texts)) / len(chats)
+            same = f"; {rec['same_as_torch']:.0%} of the answers identical to the torch engine's"
+        out.append(rec)
+        print(f"llama.cpp {n} server(s) x {par} slots, 1 thread each: {rec['rows_per_s']:.2f} "
+              f"rows/s, {rec['tok_per_s']:.1f} generated tok/s ({tokens} tokens in {wall:.1f} s){same}", flush=True)
+    return out
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve_thread(app):
     import threading
 
     import uvicorn
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
@@ -146,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="embedded: run every (batch size, order) this many times")
     p.add_argument("--concurrency", type=int, nargs="*", default=[], help="client vs specforge serve")
     p.add_argument("--overhead-requests", type=int, default=0, help="client overhead: requests to an instant server")
+    p.add_argument("--llamacpp-servers", type=int, nargs="*", default=[],
+                   help="llama.cpp engine: number of servers (1 thread each), one run per entry")
+    p.add_argument("--llamacpp-parallel", type=int, default=8, help="llama.cpp engine: slots per server")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -171,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_target_model(args.model, dtype=dtype, device=device)
     chats = first_user_turns(args.rows, args.prompt_chars)
     results = []
+    torch_texts: list[str] = []
     print(f"# {args.model} {device} {str(dtype).replace('torch.', '')} threads={torch.get_num_threads()} "
           f"rows={len(chats)} max_tokens={args.max_tokens} prompt_chars={args.prompt_chars}", flush=True)
     ordered = {"input": chats, "longest": sorted(chats, key=lambda c: -sum(len(m["content"]) for m in c))}
@@ -180,8 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                 gen = EmbeddedGenerator(model, tok, batch_size=b)
                 asyncio.run(answer_all(gen, chats[: min(b, 2)], 4))  # warm-up
                 t0 = time.perf_counter()
-                tokens = asyncio.run(answer_all(gen, ordered[order], args.max_tokens))
+                texts: list[str] = []
+                tokens = asyncio.run(answer_all(gen, ordered[order], args.max_tokens, texts))
                 wall = time.perf_counter() - t0
+                if order == "input":
+                    torch_texts = texts
                 gen.close()
                 rec = {"batch_size": b, "order": order, "rows": len(chats), "tokens": tokens,
                        "wall_s": round(wall, 2), "rows_per_s": round(len(chats) / wall, 3),
@@ -191,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{rec['tok_per_s']:.1f} generated tok/s ({tokens} tokens in {wall:.1f} s)", flush=True)
     if args.concurrency:
         results += bench_server(model, tok, chats, args)
+    if args.llamacpp_servers:
+        results += bench_llamacpp(args.model, chats, args, torch_texts)
     if args.overhead_requests:
         results.append(bench_overhead(args.overhead_requests))
     if args.json:

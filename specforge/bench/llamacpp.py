@@ -77,12 +77,16 @@ class LlamaCppServer:
     """An in-process llama.cpp server for one :class:`EngineSpec`; use as a context manager."""
 
     def __init__(self, target_gguf: str, spec: EngineSpec = EngineSpec(), threads: int = 1, n_ctx: int = 4096,
-                 verbose: bool = False):
+                 verbose: bool = False, parallel: int = 1, port: int | None = None):
+        """``parallel`` slots share ``n_ctx`` (each gets ``n_ctx // parallel``, batched together); with ``port``
+        the server also answers HTTP (OpenAI-compatible, ``/v1/chat/completions``) at ``127.0.0.1:port``."""
         x = import_xllamacpp()
         self.spec = spec
         p = x.CommonParams()
         p.model.path = str(target_gguf)
-        p.n_ctx, p.n_parallel, p.n_threads_http = n_ctx, 1, 1
+        p.n_ctx, p.n_parallel, p.n_threads_http = n_ctx, parallel, 1
+        if port is not None:
+            p.hostnames, p.port, p.n_threads_http = ["127.0.0.1"], int(port), 2
         p.cpuparams.n_threads = p.cpuparams_batch.n_threads = threads
         p.cache_prompt = False
         if not verbose:
@@ -105,6 +109,7 @@ class LlamaCppServer:
             raise SpecforgeError(f"llama.cpp did not start with target {target_gguf}"
                                  f"{' and draft ' + str(spec.draft_gguf) if spec.draft_gguf else ''}: {e} "
                                  "(its log above says why)") from None
+        self.address = f"127.0.0.1:{port}" if port is not None else None
         logger.info("llama.cpp %s (draft %d) started in %.1f s", spec.method, spec.n_draft, time.perf_counter() - t0)
 
     def complete(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
